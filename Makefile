@@ -1,0 +1,57 @@
+# vcache: every target installs what it needs into .venv in this folder.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+# The CPU wheel of torch lies on this disk; GPU users: make install TORCH="torch==2.13.0 --index-url ..."
+TORCH  ?= torch==2.13.0
+# GPU=1 installs faiss-gpu (about 1.2 GB of CUDA libraries) instead of faiss-cpu; both give `import faiss`.
+GPU    ?= 0
+FAISS  := $(if $(filter 1,$(GPU)),faiss-gpu==1.15.1,faiss-cpu)
+DEMO   ?= demo
+PYTEST_ARGS ?=
+
+.PHONY: install test lint format demo bench reproduce-tables clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+
+$(VENV)/.installed: pyproject.toml Makefile | $(BIN)/python
+	$(BIN)/pip install -q $(TORCH)
+	$(BIN)/pip install -q $(FAISS)
+	$(BIN)/pip install -q -e ".[test]"
+	touch $@
+
+install: $(VENV)/.installed
+
+test: install
+	$(BIN)/python -m pytest --durations=15 $(PYTEST_ARGS)
+
+lint: install
+	$(BIN)/ruff check pipeline cli tests benchmarks
+	$(BIN)/ruff format --check pipeline cli tests benchmarks
+
+format: install
+	$(BIN)/ruff check --fix pipeline cli tests benchmarks
+	$(BIN)/ruff format pipeline cli tests benchmarks
+
+# The whole pipeline on generated data: synth -> extract -> (train-aggregator -> probe) -> results table.
+DEMO_TRAIN ?= 300
+DEMO_TEST  ?= 100
+BACKBONE   ?= r3d_18_narrow
+VC := $(BIN)/vcache
+demo: install
+	$(VC) synth $(DEMO)/data --train $(DEMO_TRAIN) --test $(DEMO_TEST) --task order --seed 0 --overwrite
+	$(VC) extract $(DEMO)/data/videos --format ucf101 --annotations $(DEMO)/data/splits --subset train \
+	  --backbone $(BACKBONE) --mode train --crops 16 --out $(DEMO)/train16.zarr
+	$(VC) extract $(DEMO)/data/videos --format ucf101 --annotations $(DEMO)/data/splits --subset train \
+	  --backbone $(BACKBONE) --mode eval --layout 5x3 --out $(DEMO)/train_eval.zarr
+	$(VC) extract $(DEMO)/data/videos --format ucf101 --annotations $(DEMO)/data/splits --subset test \
+	  --backbone $(BACKBONE) --mode eval --layout 5x3 --out $(DEMO)/test_eval.zarr
+	$(VC) inspect $(DEMO)/test_eval.zarr
+
+bench: install
+	$(BIN)/python benchmarks/bench_extract.py
+
+clean:
+	rm -rf $(DEMO) .pytest_cache

@@ -1,0 +1,3 @@
+from vcache.cli.app import main
+
+main()

@@ -1,0 +1,250 @@
+"""`vcache extract`, `vcache inspect`, `vcache export`."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import typer
+
+from vcache.cli.app import app
+from vcache.cli.common import console, fail
+
+
+def _parse_part(part: str | None) -> tuple[int, int] | None:
+    if part is None:
+        return None
+    try:
+        i, n = (int(v) for v in part.split("/"))
+    except ValueError:
+        raise typer.BadParameter(f"--part {part!r}: expected I/N such as 0/4") from None
+    if not 0 <= i < n:
+        raise typer.BadParameter(f"--part {part!r}: need 0 <= I < N")
+    return i, n
+
+
+@app.command("extract")
+def extract_cmd(
+    videos: Path = typer.Argument(
+        ..., help="Root folder of the videos (paths in the manifest are relative to it)."
+    ),
+    out: Path = typer.Option(
+        ..., "--out", "-o", help="Store to write (a Zarr folder). Rerunning resumes it."
+    ),
+    fmt: str = typer.Option(
+        "folder",
+        "--format",
+        help="How videos and labels are listed: folder (one sub-folder per class), csv (path,label), ucf101, "
+        "hmdb51, kinetics, ssv2.",
+    ),
+    annotations: Path | None = typer.Option(
+        None,
+        "--annotations",
+        help="The manifest: CSV file (csv, kinetics), split folder (ucf101: classInd.txt + lists; hmdb51: "
+        "*_test_splitN.txt), or SSv2 label folder. Not needed for folder.",
+    ),
+    split: int = typer.Option(1, help="Official split number (UCF-101 / HMDB-51: 1-3)."),
+    subset: str = typer.Option("train", help="Which part of the split: train or test (validation for SSv2)."),
+    backbone: str = typer.Option(
+        "r3d_18",
+        help="Registry name (see `vcache backbones`) or package.module:factory for your own model.",
+    ),
+    checkpoint: Path | None = typer.Option(
+        None, help="Weights to load (torchvision-style or vcache checkpoint)."
+    ),
+    init_seed: int = typer.Option(0, help="Seed of the random initialisation when no --checkpoint is given."),
+    mode: str = typer.Option(
+        "train", help="train: K random augmented crops per video; eval: uniform clips x crops."
+    ),
+    crops: int = typer.Option(16, help="Crops per video in train mode (SCALE caches 16)."),
+    layout: str = typer.Option(
+        "5x3", help="Eval mode clips x spatial crops: 5x3, 2x3 (SSv2-like), 10x1 (retrieval)."
+    ),
+    clip_frames: int | None = typer.Option(None, help="Frames per clip [default: the backbone's]."),
+    frame_stride: int | None = typer.Option(None, help="Frame step inside a clip [default: the backbone's]."),
+    input_size: int | None = typer.Option(
+        None, help="Crop side fed to the backbone [default: the backbone's]."
+    ),
+    flip: bool = typer.Option(True, "--flip/--no-flip", help="Random horizontal flips in train mode."),
+    seed: int = typer.Option(
+        0, help="Seed of the crop sampling (crops depend only on seed, path, frame count)."
+    ),
+    pool: str | None = typer.Option(
+        None, help="Pooling of the last map: avg or max [default: the backbone's]."
+    ),
+    feature_maps: bool = typer.Option(
+        False, "--feature-maps", help="Also store each crop's map before pooling."
+    ),
+    batch_size: int = typer.Option(32, help="Crops per forward pass."),
+    workers: int = typer.Option(
+        1, help="Decoding processes (0 decodes in the main process, without deadline)."
+    ),
+    timeout: float = typer.Option(300.0, help="Seconds a video may take to decode before it is failed."),
+    device: str = typer.Option("auto", help="auto (CUDA when there is one), cpu or cuda[:N]."),
+    amp: bool = typer.Option(True, "--amp/--no-amp", help="Mixed precision on CUDA."),
+    fp32: bool = typer.Option(False, "--fp32", help="Store features as float32 instead of float16."),
+    videos_per_shard: int = typer.Option(64, help="Videos per store shard (the unit written and resumed)."),
+    overwrite: bool = typer.Option(False, help="Delete an existing store at --out and start again."),
+    retry_failed: bool = typer.Option(False, help="Retry videos that failed in an earlier run."),
+    max_failed_fraction: float = typer.Option(
+        0.1, help="Exit with code 4 when more than this fraction of the videos failed."
+    ),
+    part: str | None = typer.Option(None, help="I/N: take a static share of the shards (SLURM arrays)."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+) -> None:
+    """Decode each video once, cut many crops, run a frozen backbone, write one row per crop.
+
+    Exit codes: 0 all videos done; 3 finished with some failed videos (recorded with reasons);
+    4 more than --max-failed-fraction failed; 1 error; 2 bad option.
+    """
+    import torch  # heavy: only once the options parsed
+
+    from vcache.backbones import build_backbone
+    from vcache.crops import CropSettings, parse_layout
+    from vcache.datasets import ManifestError, load_manifest
+    from vcache.extract import ExtractOptions, extract
+    from vcache.store import StoreError
+
+    if mode not in ("train", "eval"):
+        raise typer.BadParameter(f"--mode {mode!r}: choose train or eval")
+    if mode == "eval":
+        try:
+            parse_layout(layout)
+        except ValueError as e:
+            raise typer.BadParameter(str(e)) from None
+    if pool not in (None, "avg", "max", "cls"):
+        raise typer.BadParameter(f"--pool {pool!r}: choose avg or max")
+    if not videos.is_dir():
+        fail(f"video folder not found: {videos}")
+    if checkpoint is not None and not checkpoint.is_file():
+        fail(f"checkpoint not found: {checkpoint}")
+    try:
+        manifest = load_manifest(fmt, videos, annotations, split=split, subset=subset)
+    except ManifestError as e:
+        fail(str(e))
+    torch.manual_seed(init_seed)  # a random-init backbone is the same in every process and rerun
+    try:
+        model = build_backbone(backbone, checkpoint=str(checkpoint) if checkpoint else None, pool=pool)
+    except (ValueError, KeyError, ImportError, RuntimeError) as e:
+        fail(f"backbone {backbone!r}: {e}")
+    pre = model.preprocessing
+    settings = CropSettings(
+        mode=mode,
+        clip_frames=clip_frames or pre.clip_frames,
+        frame_stride=frame_stride or pre.frame_stride,
+        input_size=input_size or pre.input_size,
+        resize_short=round((input_size or pre.input_size) * pre.resize_short / pre.input_size),
+        crops_per_video=crops,
+        layout=layout,
+        seed=seed,
+        flip=flip,
+    )
+    opts = ExtractOptions(
+        init_seed=None if checkpoint else init_seed,
+        batch_size=batch_size,
+        workers=workers,
+        timeout_s=timeout,
+        device=device,
+        amp=amp,
+        feature_maps=feature_maps,
+        feature_dtype="float32" if fp32 else "float16",
+        videos_per_shard=videos_per_shard,
+        overwrite=overwrite,
+        retry_failed=retry_failed,
+        max_failed_fraction=max_failed_fraction,
+        part=_parse_part(part),
+    )
+    from vcache.cli.common import ExtractProgress
+
+    try:
+        with ExtractProgress(quiet=quiet, clips_per_video=settings.k) as prog:
+            report = extract(manifest, out, model, settings, opts, progress=prog)
+    except (StoreError, ValueError) as e:
+        fail(str(e))
+    _print_report(report, quiet)
+    raise typer.Exit(report.exit_code)
+
+
+def _print_report(report, quiet: bool) -> None:
+    from rich.table import Table
+
+    t = report.timings
+    rate = report.clips / report.seconds if report.seconds else 0.0
+    console.print(
+        f"[bold]{report.store}[/]: {report.done}/{report.n_videos} done, {report.failed} failed, "
+        f"{report.pending} pending; this run {report.processed_now} videos, {report.clips} clips "
+        f"in {report.seconds:.1f} s ({rate:.1f} clips/s; forward {t.get('forward', 0):.1f} s, "
+        f"waiting for decode {t.get('decode_wait', 0):.1f} s, store writes {t.get('write', 0):.2f} s)"
+    )
+    if report.failures:
+        table = Table(title="failed this run", show_lines=False)
+        table.add_column("video")
+        table.add_column("reason")
+        for path, reason in report.failures[:20]:
+            table.add_row(path, reason)
+        if len(report.failures) > 20:
+            table.add_row(f"... {len(report.failures) - 20} more", "(vcache inspect lists them)")
+        console.print(table)
+
+
+@app.command("inspect")
+def inspect_cmd(
+    store: Path = typer.Argument(..., help="A store made by `vcache extract`."),
+    as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
+) -> None:
+    """Summarise a store: videos done / failed (with reasons), dims, provenance."""
+    from rich.table import Table
+
+    from vcache.store import StoreError, summary
+
+    try:
+        s = summary(store)
+    except StoreError as e:
+        fail(str(e))
+    if as_json:
+        sys.stdout.write(json.dumps(s, indent=2) + "\n")
+        return
+    t = Table(title=str(store), show_header=False)
+    t.add_column(style="bold")
+    t.add_column()
+    bb = s["backbone"] or {}
+    sm = s["sampling"] or {}
+    rows = [
+        ("videos", f"{s['videos']}: {s['done']} done, {s['failed']} failed, {s['pending']} pending"),
+        ("crops", f"{s['crops_per_video']} per video, features {s['feature_dim']}-d {s['feature_dtype']}"),
+        ("feature maps", str(s["map_shape"]) if s["map_shape"] else "no"),
+        ("shards", f"{s['shards']} of {s['videos_per_shard']} videos"),
+        (
+            "backbone",
+            f"{bb.get('name')} checkpoint={bb.get('checkpoint')} sha256={bb.get('checkpoint_sha256')}",
+        ),
+        ("preprocessing", json.dumps(bb.get("preprocessing"))),
+        ("sampling", json.dumps(sm)),
+        ("manifest", json.dumps(s["manifest"])),
+        ("classes", str(s["classes"])),
+    ]
+    if s["failure_reasons"]:
+        rows.append(("failure reasons", ", ".join(f"{k}: {v}" for k, v in s["failure_reasons"].items())))
+    for p, r in s["failed_examples"]:
+        rows.append(("  failed", f"{p} ({r})"))
+    if s["partial_files"]:
+        rows.append(("partial files", f"{s['partial_files']} (left by a killed run; a resume removes them)"))
+    for k, v in rows:
+        t.add_row(k, v)
+    console.print(t)
+
+
+@app.command("export")
+def export_cmd(
+    store: Path = typer.Argument(..., help="A store made by `vcache extract`."),
+    out: Path = typer.Argument(..., help="HDF5 file to write (same array names; attributes as JSON)."),
+) -> None:
+    """Write a store's arrays to one HDF5 file (h5py), for tools that do not read Zarr."""
+    from vcache.store import StoreError, export_h5
+
+    try:
+        export_h5(store, out)
+    except StoreError as e:
+        fail(str(e))
+    console.print(f"wrote {out}")

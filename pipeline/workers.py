@@ -1,0 +1,231 @@
+"""Decoding worker processes with a per-video deadline (the hang guard).
+
+Each worker decodes one video at a time: probe the trusted frame count, sample the crops, decode the frames
+they need in order at the size they need, cut them. It sends back uint8 crops, never features, so workers
+need neither torch nor the GPU and start fast (spawned, importing only numpy, PyAV and decord).
+
+decord can hang in native code on a bad file. Each worker has its own task and result pipes, so the
+parent knows which video each worker holds and since when: when a video passes its deadline the worker is
+killed (which corrupts nothing shared), the video is recorded as failed "timed out", and a fresh worker
+takes its place. A worker that dies (a native crash) is handled the same way.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import queue
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection, wait
+
+import numpy as np
+
+from vcache.crops import CropSettings, cut, decode_size, sample_crops
+from vcache.records import DONE, FAILED, Reason, VideoMeta
+from vcache.video import VideoError, decode_frames, probe
+
+
+@dataclass
+class DecodeTask:
+    index: int  # row of the video in the store
+    path: str  # file to open
+    key: str  # the video's relative path: seeds its crops
+    settings: CropSettings
+
+
+@dataclass
+class DecodeResult:
+    index: int
+    meta: VideoMeta
+    crops: np.ndarray | None = None  # (K, T, S, S, 3) uint8
+    boxes: np.ndarray | None = None  # (K, 6) float32
+    flips: np.ndarray | None = None  # (K,) bool
+    seconds: float = 0.0
+    timings: dict = field(default_factory=dict)
+
+
+def decode_task(task: DecodeTask) -> DecodeResult:
+    """Decode one video into its crops. Never raises: a bad video becomes a failed result with a reason."""
+    t_start = time.perf_counter()
+    s = task.settings
+    try:
+        info = probe(task.path)
+        crops = sample_crops(s, task.key, info.num_frames, info.height, info.width)
+        dh, dw = decode_size(crops, info.height, info.width, s.input_size)
+        needed = np.unique(np.concatenate([c.frames for c in crops]))
+        frames, decoded = decode_frames(task.path, needed, dh, dw, info.num_frames)
+        out = np.empty((len(crops), s.clip_frames, s.input_size, s.input_size, 3), dtype=np.uint8)
+        for i, c in enumerate(crops):
+            clip = np.stack([frames[int(f)] for f in c.frames])
+            out[i] = cut(clip, c.box, c.flip, s.input_size)
+    except VideoError as e:
+        meta = VideoMeta(status=FAILED, reason_code=int(e.code), reason=e.text)
+        return DecodeResult(task.index, meta, seconds=time.perf_counter() - t_start)
+    except Exception as e:  # anything unexpected still must not stop the run
+        meta = VideoMeta(
+            status=FAILED, reason_code=int(Reason.DECODE_ERROR), reason=f"{type(e).__name__}: {e}"[:200]
+        )
+        return DecodeResult(task.index, meta, seconds=time.perf_counter() - t_start)
+    meta = VideoMeta(
+        status=DONE,
+        num_frames=info.num_frames,
+        decoded_frames=decoded,
+        fps=info.fps,
+        height=info.height,
+        width=info.width,
+    )
+    boxes = np.stack([c.box for c in crops]).astype(np.float32)
+    flips = np.array([c.flip for c in crops], dtype=bool)
+    return DecodeResult(task.index, meta, out, boxes, flips, seconds=time.perf_counter() - t_start)
+
+
+def _worker_main(tasks: Connection, results: Connection) -> None:
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    while True:
+        try:
+            task = tasks.recv()
+        except EOFError:
+            return
+        if task is None:
+            return
+        results.send(decode_task(task))
+
+
+class _Worker:
+    def __init__(self, ctx: mp.context.BaseContext):
+        self.tasks_r, self.tasks_w = ctx.Pipe(duplex=False)
+        self.results_r, self.results_w = ctx.Pipe(duplex=False)
+        self.proc = ctx.Process(target=_worker_main, args=(self.tasks_r, self.results_w), daemon=True)
+        self.proc.start()
+        # close the child's ends here, so that the child's death reads as EOF on results_r
+        self.tasks_r.close()
+        self.results_w.close()
+        self.task: DecodeTask | None = None
+        self.since = 0.0
+
+    def give(self, task: DecodeTask) -> None:
+        self.task, self.since = task, time.monotonic()
+        try:
+            self.tasks_w.send(task)
+        except OSError:  # the worker is gone; get() sees EOF on its result pipe and replaces it
+            pass
+
+    def kill(self) -> None:
+        self.proc.kill()
+        self.proc.join(timeout=5)
+        self.tasks_w.close()
+        self.results_r.close()
+
+
+class DecodePool:
+    """Decode videos in `workers` processes (0: in this process, without a deadline).
+
+    A manager thread hands tasks to idle workers, receives their results and enforces the deadlines, so
+    results keep arriving while the caller runs the backbone (receiving a result in the caller's thread
+    would leave the worker blocked on its pipe for the whole forward pass). submit() queues tasks; get()
+    returns finished DecodeResults, timed-out or crashed videos as failed results.
+    """
+
+    def __init__(self, workers: int = 1, timeout_s: float = 300.0):
+        self.timeout_s = timeout_s
+        self.n_workers = workers
+        self._tasks: deque[DecodeTask] = deque()
+        self._results: queue.Queue[DecodeResult] = queue.Queue()
+        self._outstanding = 0  # submitted, not yet returned by get()
+        self._ctx = mp.get_context("spawn")
+        self.workers: list[_Worker] = [_Worker(self._ctx) for _ in range(workers)]
+        self.replaced = 0
+        self._stop = threading.Event()
+        self._wake_r, self._wake_w = mp.Pipe(duplex=False)
+        self._thread = threading.Thread(target=self._manage, name="vcache-decode-pool", daemon=True)
+        if workers > 0:
+            self._thread.start()
+
+    def submit(self, task: DecodeTask) -> None:
+        self._outstanding += 1
+        if self.n_workers == 0:
+            self._results.put(decode_task(task))
+            return
+        self._tasks.append(task)
+        self._wake_w.send(None)
+
+    def pending(self) -> int:
+        return self._outstanding
+
+    def get(self, block: bool = True) -> list[DecodeResult]:
+        """Results that are ready; waits for at least one when `block` and work is outstanding."""
+        out = []
+        if block and self._outstanding:
+            out.append(self._results.get())
+        while True:
+            try:
+                out.append(self._results.get_nowait())
+            except queue.Empty:
+                break
+        self._outstanding -= len(out)
+        return out
+
+    # -- the manager thread -----------------------------------------------------------------------
+    def _manage(self) -> None:
+        while not self._stop.is_set():
+            for w in self.workers:
+                if w.task is None and self._tasks:
+                    w.give(self._tasks.popleft())
+            busy = {w.results_r: i for i, w in enumerate(self.workers) if w.task is not None}
+            timeout = 1.0
+            if busy:
+                deadline = min(self.workers[i].since for i in busy.values()) + self.timeout_s
+                timeout = min(timeout, max(0.0, deadline - time.monotonic()))
+            for c in wait([*busy, self._wake_r], timeout=timeout):
+                if c is self._wake_r:
+                    while self._wake_r.poll():
+                        self._wake_r.recv()
+                    continue
+                i = busy[c]
+                try:
+                    res = c.recv()
+                    self.workers[i].task = None
+                except (EOFError, OSError):
+                    code = self.workers[i].proc.exitcode
+                    res = self._replace(i, Reason.WORKER_DIED, f"decoding process died (exit code {code})")
+                self._results.put(res)
+            now = time.monotonic()
+            for i, w in enumerate(self.workers):
+                if w.task is not None and now - w.since > self.timeout_s:
+                    self._results.put(
+                        self._replace(i, Reason.TIMED_OUT, f"timed out after {self.timeout_s:g} s")
+                    )
+
+    def _replace(self, i: int, reason: Reason, text: str) -> DecodeResult:
+        w = self.workers[i]
+        task = w.task
+        w.kill()
+        self.workers[i] = _Worker(self._ctx)
+        self.replaced += 1
+        meta = VideoMeta(status=FAILED, reason_code=int(reason), reason=text)
+        return DecodeResult(task.index, meta, seconds=time.monotonic() - w.since)
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._wake_w.send(None)
+            self._thread.join(timeout=10)
+        for w in self.workers:
+            if w.task is None:
+                try:
+                    w.tasks_w.send(None)
+                except OSError:
+                    pass
+                w.proc.join(timeout=2)
+            if w.proc.is_alive():
+                w.kill()
+        self.workers = []
+
+    def __enter__(self) -> DecodePool:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
