@@ -24,7 +24,7 @@ from vcache.backbones import (
 )
 from vcache.vit import interpolate_pos_embed
 
-FIXTURE = Path("/work/shared/fixtures/torchvision-video-state-dicts.json")
+FIXTURE = Path(__file__).parent / "data" / "torchvision-video-state-dicts.json"  # from shared/fixtures
 STANDARD = ["r3d_18", "r2plus1d_18", "mc3_18"]
 
 
