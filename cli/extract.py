@@ -55,8 +55,11 @@ def extract_cmd(
     ),
     init_seed: int = typer.Option(0, help="Seed of the random initialisation when no --checkpoint is given."),
     mode: str = typer.Option(
-        "train", help="train: K random augmented crops per video; eval: uniform clips x crops."
+        "train",
+        help="train: K random augmented crops per video; eval: uniform clips x crops; pairs: STiCA's pairs "
+        "of large crops sharing a time extent (default 32-frame clips; use with --feature-maps).",
     ),
+    pairs: int = typer.Option(4, help="Pairs per video in pairs mode (STiCA)."),
     crops: int = typer.Option(16, help="Crops per video in train mode (SCALE caches 16)."),
     layout: str = typer.Option(
         "5x3", help="Eval mode clips x spatial crops: 5x3, 2x3 (SSv2-like), 10x1 (retrieval)."
@@ -106,8 +109,10 @@ def extract_cmd(
     from vcache.extract import ExtractOptions, extract
     from vcache.store import StoreError
 
-    if mode not in ("train", "eval"):
-        raise typer.BadParameter(f"--mode {mode!r}: choose train or eval")
+    if mode not in ("train", "eval", "pairs"):
+        raise typer.BadParameter(f"--mode {mode!r}: choose train, eval or pairs")
+    if mode == "pairs" and clip_frames is None:
+        clip_frames = 32  # STiCA section 4.1: 32 frames give R(2+1)D-18 a 4 x 7 x 7 map at 112 px
     if mode == "eval":
         try:
             parse_layout(layout)
@@ -137,6 +142,7 @@ def extract_cmd(
         resize_short=round((input_size or pre.input_size) * pre.resize_short / pre.input_size),
         crops_per_video=crops,
         layout=layout,
+        pairs=pairs,
         seed=seed,
         flip=flip,
     )

@@ -18,6 +18,9 @@ Modes
   portrait video), the 3-crop protocol of SlowFast; with 1 spatial crop the short side is resized to
   `resize_short` and the centre `input_size` square is taken (the torchvision Kinetics protocol).
   5x3 is the default, 2x3 for SSv2-like data, 10x1 for the retrieval protocol.
+- pairs: STiCA's input (section 3.2): P pairs of two large crops; the two crops of a pair share one random
+  temporal extent and differ spatially (independent random-resized-crop boxes and flips). Crop rows 2p and
+  2p + 1 are pair p. STiCA's default clip is 32 frames (a 4 x 7 x 7 map from R(2+1)D-18 at 112 px).
 
 Videos shorter than a clip: frame indices are clamped to the last frame (it repeats), t1 = 1.
 """
@@ -35,13 +38,14 @@ LAYOUTS = {"5x3": (5, 3), "2x3": (2, 3), "10x1": (10, 1), "1x1": (1, 1), "1x3": 
 
 @dataclass(frozen=True)
 class CropSettings:
-    mode: str  # "train" | "eval"
+    mode: str  # "train" | "eval" | "pairs"
     clip_frames: int
     frame_stride: int
     input_size: int
     resize_short: int
     crops_per_video: int = 16  # train mode
     layout: str = "5x3"  # eval mode
+    pairs: int = 4  # pairs mode
     seed: int = 0
     flip: bool = True
     area: tuple[float, float] = (0.3, 1.0)
@@ -52,6 +56,8 @@ class CropSettings:
         if self.mode == "eval":
             t, s = parse_layout(self.layout)
             return t * s
+        if self.mode == "pairs":
+            return 2 * self.pairs
         return self.crops_per_video
 
     def to_dict(self) -> dict:
@@ -151,8 +157,16 @@ def sample_crops(settings: CropSettings, path: str, num_frames: int, height: int
         for start in starts:
             for b in boxes:
                 crops.append(_crop(int(start), b, False, settings, num_frames))
+    elif settings.mode == "pairs":
+        rng = _rng(settings, path, num_frames)
+        for _ in range(settings.pairs):
+            start = int(rng.integers(0, last_start + 1))
+            for _ in range(2):
+                y0, x0, y1, x1 = _random_box(rng, settings, height, width)
+                flip = bool(settings.flip and rng.random() < 0.5)
+                crops.append(_crop(start, (y0, x0, y1, x1), flip, settings, num_frames))
     else:
-        raise ValueError(f"unknown sampling mode {settings.mode!r} (train or eval)")
+        raise ValueError(f"unknown sampling mode {settings.mode!r} (train, eval or pairs)")
     return crops
 
 

@@ -11,7 +11,9 @@ store; the others wait for it.
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import socket
 import time
 from collections.abc import Callable
@@ -25,6 +27,7 @@ import torch
 import vcache
 from vcache.backbones import VideoBackbone, describe
 from vcache.crops import CropSettings
+from vcache.lock import StoreLock, new_run_id
 from vcache.store import (
     DONE,
     FAILED,
@@ -34,6 +37,7 @@ from vcache.store import (
     StoreError,
     VideoMeta,
     create_store,
+    manifest_hash,
     open_store,
 )
 from vcache.workers import DecodePool, DecodeResult, DecodeTask
@@ -56,6 +60,11 @@ class ExtractOptions:
     retry_failed: bool = False
     max_failed_fraction: float = 0.1
     part: tuple[int, int] | None = None  # (index, count): a static share of the shards
+    run_id: str | None = None  # shared by all processes of one run (generated when None)
+
+
+class StoreWriteError(StoreError):
+    """The store could not be written (disk full, unwritable path): the run stops, written shards stay."""
 
 
 @dataclass
@@ -125,32 +134,29 @@ def open_or_create(
     attrs: dict[str, Any],
     opts: ExtractOptions,
     map_shape,
-    is_creator: bool,
 ) -> FeatureStore:
-    """Open `out` to resume it, or create it; refuse to append with different settings."""
-    exists = (out / "zarr.json").exists()
-    if exists and opts.overwrite and is_creator:
-        import shutil
+    """Open `out` to resume it, or create it; refuse to append with different settings.
 
-        shutil.rmtree(out)
-        exists = False
-    if not exists:
-        if not is_creator:
-            return _wait_for_store(out)
-        return create_store(
-            out,
-            paths,
-            labels,
-            k,
-            feature_dim,
-            attrs,
-            videos_per_shard=opts.videos_per_shard,
-            feature_dtype=opts.feature_dtype,
-            map_shape=map_shape,
-        )
+    Safe with several processes: creation renames a complete store into place, and a process that loses
+    the race opens the winner's store (whose settings then must match its own).
+    """
+    if not (out / "zarr.json").exists():
+        try:
+            return create_store(
+                out,
+                paths,
+                labels,
+                k,
+                feature_dim,
+                attrs,
+                videos_per_shard=opts.videos_per_shard,
+                feature_dtype=opts.feature_dtype,
+                map_shape=map_shape,
+            )
+        except OSError:
+            if not (out / "zarr.json").exists():
+                raise
     store = open_store(out, mode="r+")
-    from vcache.store import manifest_hash
-
     want = dict(attrs)
     want.update(
         manifest_hash=manifest_hash(paths, labels),
@@ -158,8 +164,6 @@ def open_or_create(
         feature_dtype=opts.feature_dtype,
         map_shape=list(map_shape) if map_shape else None,
     )
-    import json
-
     have_c, want_c = _comparable(store.attrs), json.loads(json.dumps(_comparable(want)))
     diff = [key for key in have_c if have_c[key] != want_c[key]]
     if diff:
@@ -170,16 +174,40 @@ def open_or_create(
     return store
 
 
-def _wait_for_store(out: Path, timeout_s: float = 600.0) -> FeatureStore:
-    t0 = time.monotonic()
-    while time.monotonic() - t0 < timeout_s:
-        if (out / "crops" / "flip" / "zarr.json").exists():
-            try:
-                return open_store(out, mode="r+")
-            except StoreError:
-                pass
-        time.sleep(0.2)
-    raise StoreError(f"{out}: the creating process did not make the store within {timeout_s:g} s")
+def _clean_leftovers(out: Path) -> int:
+    """Files a killed run can leave: zarr's `*.partial` temporaries and half-built `.NAME.creating-*`."""
+    n = 0
+    for d in out.parent.glob(f".{out.name}.creating-*"):
+        shutil.rmtree(d, ignore_errors=True)
+        n += 1
+    for f in out.rglob("*.partial"):
+        f.unlink(missing_ok=True)
+        n += 1
+    return n
+
+
+class _Dist:
+    """torchrun's process group (gloo: extraction only needs barriers and one broadcast)."""
+
+    def __init__(self, world: int):
+        self.active = world > 1 and "MASTER_ADDR" in os.environ
+        if self.active:
+            import torch.distributed as dist
+
+            if not dist.is_initialized():
+                dist.init_process_group("gloo")
+            self.dist = dist
+
+    def barrier(self) -> None:
+        if self.active:
+            self.dist.barrier()
+
+    def broadcast(self, obj: Any) -> Any:
+        if not self.active:
+            return obj
+        box = [obj]
+        self.dist.broadcast_object_list(box, src=0)
+        return box[0]
 
 
 class _ShardBuffer:
@@ -220,174 +248,193 @@ def extract(
     t_start = time.perf_counter()
     out = Path(out)
     rank, world = dist_rank_world()
+    dist = _Dist(world)
     if opts.part is not None:
         if world > 1:
             raise ValueError("--part cannot be combined with torchrun (each rank already takes a share)")
+        if opts.overwrite:
+            raise ValueError("--overwrite cannot be combined with --part: parts run independently")
         rank, world = opts.part
     device = resolve_device(opts.device)
     backbone = backbone.to(device).eval()
-    pre = backbone.preprocessing
     map_shape = backbone.map_shape(settings.clip_frames, settings.input_size) if opts.feature_maps else None
     attrs = store_attrs(backbone, settings, manifest, opts, map_shape)
-    store = open_or_create(
-        out,
-        list(manifest.paths),
-        list(manifest.labels),
-        settings.k,
-        backbone.feature_dim,
-        attrs,
-        opts,
-        map_shape,
-        is_creator=rank == 0,
-    )
-    cleaned = store.clean_partial_files() if rank == 0 else 0
-    if opts.retry_failed:
-        _reset_failed(store, rank, world)
-    shards = [s for s in store.pending_shards() if s % world == rank]
-    status = store.status()
-    todo = [v for s in shards for v in store.shard_videos(s)]
-    if progress:
-        progress(
-            "start", {"total": store.n_videos, "done": int((status != PENDING).sum()), "todo": len(todo)}
-        )
+    args = (out, list(manifest.paths), list(manifest.labels), settings.k, backbone.feature_dim, attrs, opts)
+    run_id = dist.broadcast(opts.run_id or new_run_id())
+    if rank == 0 and opts.overwrite and out.exists():
+        shutil.rmtree(out)
+    store = open_or_create(*args, map_shape) if rank == 0 or not dist.active else None
+    dist.barrier()
+    if store is None:
+        store = open_or_create(*args, map_shape)
+    lock = StoreLock(out, (rank, world), run_id, store.n_shards)
+    lock.acquire()
+    try:
+        job = _Job(store, manifest, backbone, settings, opts, device, map_shape)
+        job.run(rank, world, progress)
+    finally:
+        lock.release()
+    dist.barrier()  # under torchrun, report on the whole store once every rank is finished
+    return job.report(t_start)
 
-    mean = torch.tensor(pre.mean, device=device).view(1, 3, 1, 1, 1) * 255
-    std = torch.tensor(pre.std, device=device).view(1, 3, 1, 1, 1) * 255
-    use_amp = opts.amp and device.type == "cuda"
-    timings = {"decode_wait": 0.0, "forward": 0.0, "write": 0.0, "worker_decode": 0.0}
-    failures: list[tuple[str, str]] = []
-    clips_done = 0
 
-    buffers: dict[int, _ShardBuffer] = {}
-    shard_of = {}
-    for s in shards:
-        for v in store.shard_videos(s):
-            shard_of[v] = s
-    # crops waiting for the backbone: (video, first crop row within the video, uint8 crops)
-    batch_items: list[tuple[int, int, np.ndarray]] = []
-    batch_n = 0
-    finished_results: dict[int, DecodeResult] = {}
+class _Job:
+    """One process's share of an extraction: decode in workers, batch crops across videos, write shards."""
 
-    def buffer_for(v: int) -> _ShardBuffer:
-        s = shard_of[v]
-        if s not in buffers:
-            buffers[s] = _ShardBuffer(store, s, map_shape)
-        return buffers[s]
+    def __init__(self, store, manifest, backbone, settings, opts, device, map_shape):
+        self.store, self.backbone, self.settings, self.opts = store, backbone, settings, opts
+        self.device, self.map_shape = device, map_shape
+        self.root = Path(manifest.root)
+        self.paths = store.paths()
+        pre = backbone.preprocessing
+        self.mean = torch.tensor(pre.mean, device=device).view(1, 3, 1, 1, 1) * 255
+        self.std = torch.tensor(pre.std, device=device).view(1, 3, 1, 1, 1) * 255
+        self.use_amp = opts.amp and device.type == "cuda"
+        self.timings = {"decode_wait": 0.0, "forward": 0.0, "write": 0.0, "worker_decode": 0.0}
+        self.failures: list[tuple[str, str]] = []
+        self.clips = 0
+        self.buffers: dict[int, _ShardBuffer] = {}
+        self.shard_of: dict[int, int] = {}
+        self.batch: list[tuple[int, int, np.ndarray]] = []  # (video, first crop row, uint8 crops)
+        self.batch_n = 0
+        self.decoded: dict[int, DecodeResult] = {}  # videos whose crops wait for the backbone
+        self.progress: Callable[[str, dict[str, Any]], None] | None = None
+        self.todo: list[int] = []
+        self.cleaned = 0
 
-    def run_forward() -> None:
-        nonlocal batch_items, batch_n, clips_done
-        if not batch_items:
+    def run(self, rank: int, world: int, progress) -> None:
+        store, opts = self.store, self.opts
+        self.progress = progress
+        self.cleaned = _clean_leftovers(store.path) if rank == 0 else 0
+        if opts.retry_failed:
+            _reset_failed(store, rank, world)
+        shards = [s for s in store.pending_shards() if s % world == rank]
+        self.shard_of = {v: s for s in shards for v in store.shard_videos(s)}
+        self.todo = [v for s in shards for v in store.shard_videos(s)]
+        if progress:
+            done = int((store.status() != PENDING).sum())
+            progress("start", {"total": store.n_videos, "done": done, "todo": len(self.todo)})
+        in_flight_cap = max(2, 2 * opts.workers + 1)
+        with DecodePool(opts.workers, opts.timeout_s) as pool:
+            queue = iter(self.todo)
+            exhausted = False
+            while True:
+                while not exhausted and pool.pending() < in_flight_cap:
+                    v = next(queue, None)
+                    if v is None:
+                        exhausted = True
+                        break
+                    path = self.paths[v]
+                    pool.submit(DecodeTask(v, str(self.root / path), path, self.settings))
+                if pool.pending() == 0:
+                    break
+                t0 = time.perf_counter()
+                results = pool.get(block=True)
+                self.timings["decode_wait"] += time.perf_counter() - t0
+                for res in results:
+                    self._take(res)
+            self._forward()
+        if self.buffers:  # cannot happen unless a shard lost a video: never write it half-done
+            raise RuntimeError(
+                f"internal error: shards {sorted(self.buffers)} incomplete at the end of the run"
+            )
+
+    def _buffer(self, v: int) -> _ShardBuffer:
+        s = self.shard_of[v]
+        if s not in self.buffers:
+            self.buffers[s] = _ShardBuffer(self.store, s, self.map_shape)
+        return self.buffers[s]
+
+    def _take(self, res: DecodeResult) -> None:
+        self.timings["worker_decode"] += res.seconds
+        if res.meta.status != DONE:
+            self._finish(res.index, res)
+            return
+        self.decoded[res.index] = res
+        crops, first = res.crops, 0
+        res.crops = None
+        while first < len(crops):
+            part = crops[first : first + self.opts.batch_size - self.batch_n]
+            self.batch.append((res.index, first, part))
+            self.batch_n += len(part)
+            first += len(part)
+            if self.batch_n >= self.opts.batch_size:
+                self._forward()
+
+    def _forward(self) -> None:
+        if not self.batch:
             return
         t0 = time.perf_counter()
-        x = torch.from_numpy(np.concatenate([c for _, _, c in batch_items])).to(device, non_blocking=True)
-        x = x.permute(0, 4, 1, 2, 3).float()  # (B, T, S, S, 3) -> (B, 3, T, S, S)
-        x = (x - mean) / std
-        with torch.inference_mode(), torch.autocast(device.type, enabled=use_amp):
-            pooled, fmap = backbone(x)
+        x = torch.from_numpy(np.concatenate([c for _, _, c in self.batch])).to(self.device, non_blocking=True)
+        x = (x.permute(0, 4, 1, 2, 3).float() - self.mean) / self.std  # (B, T, S, S, 3) -> (B, 3, T, S, S)
+        with torch.inference_mode(), torch.autocast(self.device.type, enabled=self.use_amp):
+            pooled, fmap = self.backbone(x)
         pooled = pooled.float().cpu().numpy()
-        fmaps = fmap.to(torch.float16).cpu().numpy() if opts.feature_maps else None
-        timings["forward"] += time.perf_counter() - t0
+        fmaps = fmap.to(torch.float16).cpu().numpy() if self.map_shape else None
+        self.timings["forward"] += time.perf_counter() - t0
         row = 0
-        for v, first, crops in batch_items:
+        batch, self.batch, self.batch_n = self.batch, [], 0
+        for v, first, crops in batch:
             n = len(crops)
-            buf = buffer_for(v)
-            sl = buf.rows(v)
-            r0 = sl.start + first
+            buf = self._buffer(v)
+            r0 = buf.rows(v).start + first
             buf.features[r0 : r0 + n] = pooled[row : row + n]
             if fmaps is not None:
                 buf.maps[r0 : r0 + n] = fmaps[row : row + n]
             row += n
-            if first + n == store.crops_per_video:
-                finish_video(v, finished_results.pop(v))
-        clips_done += row
-        batch_items, batch_n = [], 0
+            if first + n == self.store.crops_per_video:
+                self._finish(v, self.decoded.pop(v))
+        self.clips += row
 
-    def finish_video(v: int, res: DecodeResult) -> None:
-        buf = buffer_for(v)
-        sl = buf.rows(v)
+    def _finish(self, v: int, res: DecodeResult) -> None:
+        buf = self._buffer(v)
         if res.meta.status == DONE:
-            buf.boxes[sl] = res.boxes
-            buf.flips[sl] = res.flips
+            buf.boxes[buf.rows(v)] = res.boxes
+            buf.flips[buf.rows(v)] = res.flips
         else:
-            failures.append(
-                (store_paths[v], f"{Reason(res.meta.reason_code).name.lower()}: {res.meta.reason}")
+            self.failures.append(
+                (self.paths[v], f"{Reason(res.meta.reason_code).name.lower()}: {res.meta.reason}")
             )
         buf.metas[v - buf.videos.start] = res.meta
-        if progress:
-            progress("video", {"clips": store.crops_per_video if res.meta.status == DONE else 0})
+        if self.progress:
+            self.progress("video", {"clips": self.store.crops_per_video if res.meta.status == DONE else 0})
         if buf.complete:
+            s = self.shard_of[v]
             t0 = time.perf_counter()
-            store.write_shard(shard_of[v], buf.features, buf.boxes, buf.flips, buf.metas, buf.maps)
-            timings["write"] += time.perf_counter() - t0
-            del buffers[shard_of[v]]
-            if progress:
-                progress("shard", {"shard": shard_of[v]})
+            try:
+                self.store.write_shard(s, buf.features, buf.boxes, buf.flips, buf.metas, buf.maps)
+            except OSError as e:
+                raise StoreWriteError(
+                    f"cannot write shard {s} to {self.store.path}: {e}. Shards written before are intact and "
+                    "marked done; free space or fix the path, then rerun the same command to resume"
+                ) from e
+            self.timings["write"] += time.perf_counter() - t0
+            del self.buffers[s]
+            if self.progress:
+                self.progress("shard", {"shard": s})
 
-    def take(res: DecodeResult) -> None:
-        nonlocal batch_n
-        timings["worker_decode"] += res.seconds
-        v = res.index
-        if res.meta.status != DONE:
-            finish_video(v, res)
-            return
-        finished_results[v] = res
-        crops, first = res.crops, 0
-        res.crops = None
-        while first < len(crops):
-            room = opts.batch_size - batch_n
-            part = crops[first : first + room]
-            batch_items.append((v, first, part))
-            batch_n += len(part)
-            first += len(part)
-            if batch_n >= opts.batch_size:
-                run_forward()
-
-    store_paths = store.paths()
-    root = Path(manifest.root)
-    in_flight_cap = max(2, 2 * opts.workers + 1)
-    with DecodePool(opts.workers, opts.timeout_s) as pool:
-        queue = iter(todo)
-        exhausted = False
-        while True:
-            while not exhausted and pool.pending() < in_flight_cap:
-                v = next(queue, None)
-                if v is None:
-                    exhausted = True
-                    break
-                pool.submit(DecodeTask(v, str(root / store_paths[v]), store_paths[v], settings))
-            if pool.pending() == 0:
-                break
-            t0 = time.perf_counter()
-            results = pool.get(block=True)
-            timings["decode_wait"] += time.perf_counter() - t0
-            for res in results:
-                take(res)
-        run_forward()
-    if buffers:  # cannot happen unless a shard lost a video: never write it half-done
-        raise RuntimeError(f"internal error: shards {sorted(buffers)} incomplete at the end of the run")
-
-    status = store.status()
-    n_failed = int((status == FAILED).sum())
-    n_done = int((status == DONE).sum())
-    frac = n_failed / max(1, store.n_videos)
-    code = EXIT_OK if n_failed == 0 else EXIT_SOME_FAILED
-    if frac > opts.max_failed_fraction:
-        code = EXIT_TOO_MANY_FAILED
-    timings["total"] = time.perf_counter() - t_start
-    timings["cleaned_partial_files"] = cleaned
-    return ExtractReport(
-        store=str(out),
-        n_videos=store.n_videos,
-        done=n_done,
-        failed=n_failed,
-        pending=int((status == PENDING).sum()),
-        processed_now=len(todo),
-        clips=clips_done,
-        seconds=timings["total"],
-        failures=failures,
-        timings=timings,
-        exit_code=code,
-    )
+    def report(self, t_start: float) -> ExtractReport:
+        store = self.store
+        status = store.status()
+        n_failed = int((status == FAILED).sum())
+        code = EXIT_OK if n_failed == 0 else EXIT_SOME_FAILED
+        if n_failed / max(1, store.n_videos) > self.opts.max_failed_fraction:
+            code = EXIT_TOO_MANY_FAILED
+        self.timings["total"] = time.perf_counter() - t_start
+        self.timings["cleaned_leftovers"] = self.cleaned
+        return ExtractReport(
+            store=str(store.path),
+            n_videos=store.n_videos,
+            done=int((status == DONE).sum()),
+            failed=n_failed,
+            pending=int((status == PENDING).sum()),
+            processed_now=len(self.todo),
+            clips=self.clips,
+            seconds=self.timings["total"],
+            failures=self.failures,
+            timings=self.timings,
+            exit_code=code,
+        )
 
 
 def _reset_failed(store: FeatureStore, rank: int, world: int) -> None:

@@ -28,6 +28,9 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
+import shutil
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -192,12 +195,20 @@ def create_store(
     feature_dtype: str = "float16",
     map_shape: tuple[int, int, int, int] | None = None,
 ) -> FeatureStore:
-    """Create an empty store (all videos pending). `attrs` carries the provenance (see vcache.extract)."""
+    """Create an empty store (all videos pending). `attrs` carries the provenance (see vcache.extract).
+
+    The store is built in a temporary folder beside `path` and renamed into place, so a store that exists
+    is complete: a kill during creation leaves only a `.NAME.creating-*` folder, removed by the next run.
+    """
     n, k = len(paths), crops_per_video
     if n == 0:
         raise StoreError("no videos to store")
     vps = max(1, min(videos_per_shard, n))
-    root = zarr.open_group(str(path), mode="w")
+    final = Path(path)
+    for old in final.parent.glob(f".{final.name}.creating-*"):
+        shutil.rmtree(old, ignore_errors=True)
+    tmp = final.parent / f".{final.name}.creating-{uuid.uuid4().hex[:8]}"
+    root = zarr.open_group(str(tmp), mode="w")
     full = dict(attrs)
     full.update(
         schema_version=SCHEMA_VERSION,
@@ -236,7 +247,8 @@ def create_store(
             shards=(srows, *tail) if chunk_rows < srows else None,
             fill_value=fill,
         )
-    return FeatureStore(path, root)
+    os.rename(tmp, final)  # atomic; fails if `path` appeared meanwhile
+    return open_store(final, mode="r+")
 
 
 def open_store(path: str | Path, mode: str = "r") -> FeatureStore:

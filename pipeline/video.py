@@ -107,12 +107,7 @@ def decode_frames(
 def _iter_segments(
     path: str, indices: np.ndarray, height: int, width: int, counted: int
 ) -> Iterator[tuple[np.ndarray, np.ndarray | None]]:
-    import decord
-
-    try:
-        reader = decord.VideoReader(path, width=width, height=height, num_threads=1)
-    except Exception as e:
-        raise VideoError(Reason.UNREADABLE, f"decord cannot open: {str(e)[:120]}") from e
+    reader = _open_reader(path, height, width, int(indices[0]) if len(indices) else 0)
     known = min(len(reader), counted)
     wanted = np.asarray(indices, dtype=np.int64)
     usable = wanted[wanted < known]
@@ -135,3 +130,28 @@ def _iter_segments(
         yield seg, batch
     if len(usable) < len(wanted):
         yield np.array([known]), None  # the decoder knows no frame from `known` on
+
+
+def _open_reader(path: str, height: int, width: int, probe_index: int):
+    """A decord reader that resizes to about (height, width) at decode time.
+
+    decord 0.6 fails to copy out frames of some resized widths ("The size must exactly match"; seen here at
+    widths 2-4, 6, 8, 12, 16, 24, 48 and 72), so when the first frame does not come out, the next widths are
+    tried: the crops use normalised boxes, so a pixel more or less changes nothing else.
+    """
+    import decord
+
+    for w in (width, width + 1, width + 2, width + 3):
+        try:
+            reader = decord.VideoReader(path, width=w, height=height, num_threads=1)
+        except Exception as e:
+            raise VideoError(Reason.UNREADABLE, f"decord cannot open: {str(e)[:120]}") from e
+        try:
+            frame = reader.get_batch([min(probe_index, max(0, len(reader) - 1))]).asnumpy()
+        except Exception:
+            continue
+        if frame.shape[-1] != 3:
+            continue
+        reader.seek(0)
+        return reader
+    return decord.VideoReader(path, width=width, height=height, num_threads=1)  # fails later, with a reason

@@ -92,3 +92,13 @@ def test_decode_size_keeps_input_resolution_for_the_smallest_crop():
     smallest = min(min((c.box[4] - c.box[2]) * h, (c.box[5] - c.box[3]) * w) for c in crops)
     assert smallest >= 31.5
     assert decode_size(crops, 48, 64, 112) == (48, 64)  # never upscale
+
+
+def test_pairs_share_time_and_differ_in_space():
+    s = CropSettings(mode="pairs", clip_frames=8, frame_stride=1, input_size=32, resize_short=37, pairs=3)
+    crops = sample_crops(s, "v", 100, 48, 64)
+    assert len(crops) == s.k == 6
+    for p in range(3):
+        a, b = crops[2 * p], crops[2 * p + 1]
+        assert np.array_equal(a.frames, b.frames) and a.box[0] == b.box[0] and a.box[1] == b.box[1]
+        assert not np.array_equal(a.box[2:], b.box[2:])

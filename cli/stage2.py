@@ -1,0 +1,327 @@
+"""`vcache train-aggregator scale`, `vcache probe linear|mlp|transformer|knn`: stage 2, from the cache.
+
+The commands parse options and call vcache.scale / vcache.probes; torch and faiss load inside the commands.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from vcache.cli.app import app
+from vcache.cli.common import console, fail
+
+train_app = typer.Typer(help="Train an aggregator on a train-mode store.", no_args_is_help=True)
+probe_app = typer.Typer(
+    help="Probe cached features: train on one store, test on another.", no_args_is_help=True
+)
+app.add_typer(train_app, name="train-aggregator")
+app.add_typer(probe_app, name="probe")
+
+DEVICE_HELP = "auto (CUDA when there is one), cpu or cuda."
+
+
+def _check_device(device: str) -> None:
+    if device not in ("auto", "cpu", "cuda"):
+        raise typer.BadParameter(f"--device {device!r}: choose auto, cpu or cuda")
+
+
+@train_app.command("scale")
+def scale_cmd(
+    train_store: Path = typer.Argument(..., help="The train split's train-mode store (16 crops per video)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Checkpoint to write (rewritten after every epoch)."),
+    k: int = typer.Option(8, "--k", help="Clips per set; two disjoint sets per video (SCALE: 8 of the 16)."),
+    mask_ratio: float = typer.Option(0.25, help="Masked clips per set: max(1, round(ratio * K)); 0: none."),
+    width: int = typer.Option(256, help="Transformer width."),
+    depth: int = typer.Option(2, help="Transformer layers."),
+    batch_size: int = typer.Option(
+        512, "--batch-size", "--batch", help="Videos per step (capped by the data)."
+    ),
+    epochs: int = typer.Option(200, help="Epochs (SCALE: 200 in the ablations, 500 for the main tables)."),
+    lr: float = typer.Option(3e-4, help="AdamW learning rate (official code: 3e-4)."),
+    temperature: float = typer.Option(0.2, help="InfoNCE temperature (official code: 0.2)."),
+    mcm: bool = typer.Option(True, "--mcm/--no-mcm", help="Masked clip modelling loss (Table 8)."),
+    set_: bool = typer.Option(True, "--set/--no-set", help="SET loss between the two CLS outputs (Table 8)."),
+    seed: int = typer.Option(0, help="Seed of the initialisation and of the crop-set sampling."),
+    resume: bool = typer.Option(False, "--resume", help="Continue from the checkpoint at --out."),
+    device: str = typer.Option("auto", help=DEVICE_HELP),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+) -> None:
+    """Train SCALE (masked clip modelling + SET loss) on cached clip features."""
+    _check_device(device)
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from vcache.scale import ScaleConfig, train_scale
+    from vcache.store import StoreError, load_cache
+
+    if out.exists() and not resume:
+        fail(f"{out} exists: pass --resume to continue it, or choose another --out")
+    try:
+        cache = load_cache(train_store)
+    except StoreError as e:
+        fail(str(e))
+    mode = (cache.attrs.get("sampling") or {}).get("mode")
+    if mode not in (None, "train"):
+        console.print(
+            f"[yellow]warning:[/] {train_store} is a {mode!r}-mode store; SCALE trains on train mode"
+        )
+    cfg = ScaleConfig(
+        feature_dim=cache.features.shape[-1],
+        width=width,
+        depth=depth,
+        k=k,
+        mask_ratio=mask_ratio,
+        temperature=temperature,
+        use_mcm=mcm,
+        use_set=set_,
+        lr=lr,
+        batch_size=batch_size,
+        epochs=epochs,
+        seed=seed,
+    )
+    progress = Progress(
+        TextColumn("[bold]scale"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn(
+            "epoch {task.fields[epoch]} loss {task.fields[loss]:.3f} {task.fields[rate]:.0f} samples/s"
+        ),
+        TimeElapsedColumn(),
+        console=console,
+        disable=quiet,
+    )
+    steps_per_epoch = -(-len(cache.labels) // min(batch_size, max(1, len(cache.labels))))
+    task = progress.add_task("scale", total=epochs * steps_per_epoch, epoch=0, loss=0.0, rate=0.0)
+
+    def on_step(info: dict[str, float]) -> None:
+        done = info["epoch"] * info["steps"] + info["step"] + 1
+        progress.update(
+            task, completed=done, epoch=info["epoch"] + 1, loss=info["loss"], rate=info["samples_per_s"]
+        )
+
+    try:
+        with progress:
+            res = train_scale(
+                cache, cfg, out, store_path=train_store, resume=resume, device=device, progress=on_step
+            )
+    except (StoreError, ValueError) as e:
+        fail(str(e))
+    last = res.history[-1] if res.history else {}
+    console.print(
+        f"[green]done[/] {res.epochs_done} epochs -> {out}  loss {last.get('total', float('nan')):.3f} "
+        f"(mcm {last.get('mcm', float('nan')):.3f}, set {last.get('set', float('nan')):.3f})"
+    )
+
+
+def _show(result: Any, paths: tuple[Path, Path]) -> None:
+    from rich.table import Table
+
+    table = Table(title=f"{result.name}  (seed {result.seed})")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for key, val in result.metrics.items():
+        table.add_row(key, f"{val:.4f}" if isinstance(val, float) else str(val))
+    for fam, m in result.per_family.items():
+        table.add_row(f"top1 {fam} (n={m['n']})", f"{m['top1']:.4f}")
+    chosen = result.selection.get("chosen")
+    if chosen:
+        table.add_row("chosen on val", f"lr {chosen['lr']:g} wd {chosen['wd']:g} epochs {chosen['epochs']}")
+    console.print(table)
+    console.print(f"results: {paths[0]}  predictions: {paths[1]}")
+
+
+def _floats(text: str | None, name: str) -> tuple[float, ...] | None:
+    if text is None:
+        return None
+    try:
+        return tuple(float(v) for v in text.split(","))
+    except ValueError:
+        raise typer.BadParameter(
+            f"{name} {text!r}: expected comma-separated numbers such as 1e-3,1e-2"
+        ) from None
+
+
+def _classifier(
+    kind: str,
+    train_store: Path,
+    test_store: Path,
+    out: Path,
+    aggregator: Path | None,
+    bn: bool,
+    low_shot: float | None,
+    lrs: str | None,
+    wds: str | None,
+    epochs: int | None,
+    seed: int,
+    device: str,
+    extra: dict[str, Any],
+) -> None:
+    _check_device(device)
+    if low_shot is not None and not 0 < low_shot <= 1:
+        raise typer.BadParameter("--low-shot: a fraction in (0, 1]")
+    from vcache.probes import ProbeSettings, load_pair, run_probe, write_results
+    from vcache.store import StoreError
+
+    settings = ProbeSettings(
+        bn=bn,
+        low_shot=low_shot,
+        seed=seed,
+        lrs=_floats(lrs, "--lr"),
+        wds=_floats(wds, "--wd"),
+        epochs=epochs,
+        device=device,
+        **extra,
+    )
+    if aggregator is not None and not aggregator.is_file():
+        fail(f"aggregator checkpoint not found: {aggregator}")
+    try:
+        train, test = load_pair(train_store, test_store)
+        result = run_probe(kind, train, test, settings, aggregator, train_store, test_store)
+    except (StoreError, ValueError) as e:
+        fail(str(e))
+    _show(result, write_results(result, out))
+
+
+AGG_HELP = "A SCALE checkpoint: linear -> SCALE_linear, transformer -> SCALE_ft, knn -> SCALE_k-NN."
+LR_HELP = "Learning rates to try on the validation part, comma-separated [default: per probe]."
+WD_HELP = "Weight decays to try, comma-separated [default: per probe]."
+EPOCHS_HELP = "Most epochs tried; the best count (checked at 10 points) is chosen on validation."
+
+
+@probe_app.command("linear")
+def linear_cmd(
+    train_store: Path = typer.Argument(..., help="Store of the train split (eval mode by default)."),
+    test_store: Path = typer.Argument(..., help="Eval-mode store of the test split."),
+    out: Path = typer.Option(..., "--out", "-o", help="Folder for <probe>.json and <probe>_predictions.csv."),
+    aggregator: Path | None = typer.Option(None, help=AGG_HELP),
+    bn: bool = typer.Option(False, "--bn", help="BatchNorm without affine parameters before the head."),
+    low_shot: float | None = typer.Option(
+        None, help="Train on a class-balanced fraction (SCALE Table 7: 0.1)."
+    ),
+    lr: str | None = typer.Option(None, help=LR_HELP),
+    wd: str | None = typer.Option(None, help=WD_HELP),
+    epochs: int | None = typer.Option(None, help=EPOCHS_HELP),
+    seed: int = typer.Option(0),
+    device: str = typer.Option("auto", help=DEVICE_HELP),
+) -> None:
+    """Per-clip linear softmax classifier, softmax averaged over a video's clips (SCALE's Linear)."""
+    _classifier(
+        "linear", train_store, test_store, out, aggregator, bn, low_shot, lr, wd, epochs, seed, device, {}
+    )
+
+
+@probe_app.command("mlp")
+def mlp_cmd(
+    train_store: Path = typer.Argument(...),
+    test_store: Path = typer.Argument(...),
+    out: Path = typer.Option(..., "--out", "-o"),
+    hidden: int = typer.Option(512, help="Hidden width of the MLP."),
+    bn: bool = typer.Option(False, "--bn"),
+    low_shot: float | None = typer.Option(None),
+    lr: str | None = typer.Option(None, help=LR_HELP),
+    wd: str | None = typer.Option(None, help=WD_HELP),
+    epochs: int | None = typer.Option(None, help=EPOCHS_HELP),
+    seed: int = typer.Option(0),
+    device: str = typer.Option("auto", help=DEVICE_HELP),
+) -> None:
+    """An MLP on each clip's feature, softmax averaged over a video's clips (SCALE's MLP baseline)."""
+    _classifier(
+        "mlp",
+        train_store,
+        test_store,
+        out,
+        None,
+        bn,
+        low_shot,
+        lr,
+        wd,
+        epochs,
+        seed,
+        device,
+        {"hidden": hidden},
+    )
+
+
+@probe_app.command("transformer")
+def transformer_cmd(
+    train_store: Path = typer.Argument(...),
+    test_store: Path = typer.Argument(...),
+    out: Path = typer.Option(..., "--out", "-o"),
+    aggregator: Path | None = typer.Option(None, help=AGG_HELP),
+    width: int = typer.Option(
+        256, help="Width of the randomly initialised transformer (ignored with a ckpt)."
+    ),
+    depth: int = typer.Option(
+        2, help="Layers of the randomly initialised transformer (ignored with a ckpt)."
+    ),
+    bn: bool = typer.Option(False, "--bn"),
+    low_shot: float | None = typer.Option(None),
+    lr: str | None = typer.Option(None, help=LR_HELP),
+    wd: str | None = typer.Option(None, help=WD_HELP),
+    epochs: int | None = typer.Option(None, help=EPOCHS_HELP),
+    seed: int = typer.Option(0),
+    device: str = typer.Option("auto", help=DEVICE_HELP),
+) -> None:
+    """The SCALE architecture over all of a video's clips, trained supervised (random init, or SCALE_ft)."""
+    extra = {"width": width, "depth": depth}
+    _classifier(
+        "transformer",
+        train_store,
+        test_store,
+        out,
+        aggregator,
+        bn,
+        low_shot,
+        lr,
+        wd,
+        epochs,
+        seed,
+        device,
+        extra,
+    )
+
+
+@probe_app.command("knn")
+def knn_cmd(
+    train_store: Path = typer.Argument(...),
+    test_store: Path = typer.Argument(...),
+    out: Path = typer.Option(..., "--out", "-o"),
+    aggregator: Path | None = typer.Option(None, help=AGG_HELP),
+    k: int = typer.Option(20, "--k", help="Neighbours (DINO / SCALE: 20)."),
+    temperature: float = typer.Option(0.07, help="Vote temperature (DINO: 0.07)."),
+    retrieval: bool = typer.Option(
+        False, "--retrieval", help="Also report Recall@1/5/20 (test queries train)."
+    ),
+    pool: str = typer.Option(
+        "mean", help="Retrieval pooling over clips: mean or max (STiCA: max over a 10x1 eval store)."
+    ),
+    low_shot: float | None = typer.Option(None),
+    seed: int = typer.Option(0),
+    device: str = typer.Option("auto", help=DEVICE_HELP),
+) -> None:
+    """DINO-style weighted k-NN on video vectors (mean of clips, minus train mean, L2-normalised)."""
+    _check_device(device)
+    if pool not in ("mean", "max"):
+        raise typer.BadParameter(f"--pool {pool!r}: choose mean or max")
+    from vcache.probes import ProbeSettings, load_pair, run_knn, write_results
+    from vcache.store import StoreError
+
+    s = ProbeSettings(
+        k=k,
+        temperature=temperature,
+        retrieval=retrieval,
+        pool=pool,
+        low_shot=low_shot,
+        seed=seed,
+        device=device,
+    )
+    if aggregator is not None and not aggregator.is_file():
+        fail(f"aggregator checkpoint not found: {aggregator}")
+    try:
+        train, test = load_pair(train_store, test_store)
+        result = run_knn(train, test, s, aggregator, train_store, test_store)
+    except (StoreError, ValueError) as e:
+        fail(str(e))
+    _show(result, write_results(result, out))

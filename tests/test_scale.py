@@ -1,0 +1,119 @@
+"""SCALE aggregator: masking, set sampling, training, checkpoints and resume, store checks."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from stage2_helpers import backbone_attrs, make_store
+
+from vcache.scale import (
+    ScaleAggregator,
+    ScaleConfig,
+    check_compatible,
+    load_aggregator,
+    load_checkpoint,
+    sample_sets,
+    train_scale,
+)
+from vcache.store import StoreError, load_cache
+
+TINY = {"width": 32, "depth": 2, "proj_dim": 16, "batch_size": 16}
+
+
+@pytest.fixture(scope="module")
+def train_cache(tmp_path_factory):
+    path = make_store(tmp_path_factory.mktemp("scale") / "train.zarr", n_videos=32, crops=16, dim=16)
+    return path, load_cache(path)
+
+
+def test_exact_mask_count():
+    assert ScaleConfig(feature_dim=4, k=8, mask_ratio=0.25).n_masked() == 2
+    assert ScaleConfig(feature_dim=4, k=8, mask_ratio=0.05).n_masked() == 1
+    assert ScaleConfig(feature_dim=4, k=4, mask_ratio=0.45).n_masked() == 2
+    assert ScaleConfig(feature_dim=4, k=8, mask_ratio=0.0).n_masked() == 0
+
+
+def test_sample_sets_disjoint_with_exact_masks():
+    g = torch.Generator().manual_seed(0)
+    i1, i2, m1, m2 = sample_sets(50, 16, 8, 2, g)
+    assert i1.shape == i2.shape == (50, 8)
+    for a, b in zip(i1.tolist(), i2.tolist(), strict=True):
+        assert len(set(a) | set(b)) == 16  # two disjoint sets of 8 from 16
+    assert (m1.sum(1) == 2).all() and (m2.sum(1) == 2).all()
+    assert m1.any(0).all()  # every position gets masked somewhere: the masks are random
+
+
+def test_masked_clip_hides_its_feature_but_keeps_its_box():
+    torch.manual_seed(0)
+    agg = ScaleAggregator(ScaleConfig(feature_dim=16, width=32, depth=2)).eval()
+    f, b = torch.randn(2, 5, 16), torch.rand(2, 5, 6)
+    mask = torch.zeros(2, 5, dtype=torch.bool)
+    mask[:, 2] = True
+    tok, cls = agg(f, b, mask)
+    assert tok.shape == (2, 5, 32) and cls.shape == (2, 32)
+    f2 = f.clone()
+    f2[:, 2] += 10.0  # the masked clip's feature must not leak
+    assert torch.allclose(agg(f2, b, mask)[0], tok, atol=1e-6)
+    b2 = b.clone()
+    b2[:, 2, 0] += 0.3  # its box still enters (added to the MSK token)
+    assert not torch.allclose(agg(f, b2, mask)[0][:, 2], tok[:, 2], atol=1e-4)
+    assert not torch.allclose(agg(f2, b)[0], agg(f, b)[0], atol=1e-4)  # unmasked: the feature matters
+
+
+def test_train_save_reload_and_loss_goes_down(train_cache, tmp_path):
+    path, cache = train_cache
+    cfg = ScaleConfig(feature_dim=16, epochs=6, **TINY)
+    res = train_scale(cache, cfg, tmp_path / "s.pt", store_path=path, device="cpu")
+    assert res.epochs_done == 6 and len(res.history) == 6
+    assert res.history[-1]["total"] < res.history[0]["total"]
+    assert res.history[-1]["mcm"] > 0 and res.history[-1]["set"] > 0
+    agg, meta = load_aggregator(tmp_path / "s.pt")
+    assert meta["config"]["width"] == 32 and meta["epochs_done"] == 6
+    assert meta["provenance"]["backbone"]["name"] == "synthetic-bb"
+    assert meta["provenance"]["path"] == str(path)
+    tok, cls = agg(torch.as_tensor(cache.features[:3]), torch.as_tensor(cache.boxes[:3]))
+    assert tok.shape == (3, 16, 32)  # at test time all 16 clips go into one sequence
+
+
+def test_loss_switches(train_cache, tmp_path):
+    _, cache = train_cache
+    only_set = train_scale(
+        cache, ScaleConfig(feature_dim=16, epochs=1, use_mcm=False, **TINY), tmp_path / "a.pt"
+    )
+    assert only_set.history[0]["mcm"] == 0 and only_set.history[0]["set"] > 0
+    only_mcm = train_scale(
+        cache, ScaleConfig(feature_dim=16, epochs=1, use_set=False, **TINY), tmp_path / "b.pt"
+    )
+    assert only_mcm.history[0]["set"] == 0 and only_mcm.history[0]["mcm"] > 0
+    with pytest.raises(ValueError):
+        train_scale(cache, ScaleConfig(feature_dim=16, epochs=1, mask_ratio=0.0, **TINY), tmp_path / "c.pt")
+    with pytest.raises(StoreError, match="disjoint"):
+        train_scale(cache, ScaleConfig(feature_dim=16, epochs=1, k=9, **TINY), tmp_path / "d.pt")
+
+
+def test_resume_gives_the_weights_of_an_uninterrupted_run(train_cache, tmp_path):
+    _, cache = train_cache
+    full = tmp_path / "full.pt"
+    part = tmp_path / "part.pt"
+    train_scale(cache, ScaleConfig(feature_dim=16, epochs=3, **TINY), full, device="cpu")
+    train_scale(cache, ScaleConfig(feature_dim=16, epochs=2, **TINY), part, device="cpu")
+    assert load_checkpoint(part)["epochs_done"] == 2
+    res = train_scale(cache, ScaleConfig(feature_dim=16, epochs=3, **TINY), part, resume=True, device="cpu")
+    assert res.epochs_done == 3
+    a, b = load_checkpoint(full), load_checkpoint(part)
+    for key in a["model"]:
+        assert torch.allclose(a["model"][key], b["model"][key], atol=1e-6), key
+    assert [h["total"] for h in a["history"]] == pytest.approx([h["total"] for h in b["history"]], rel=1e-5)
+    with pytest.raises(ValueError, match="width"):
+        train_scale(cache, ScaleConfig(feature_dim=16, epochs=4, **{**TINY, "width": 64}), part, resume=True)
+
+
+def test_incompatible_backbones_are_refused():
+    a = {"backbone": backbone_attrs(), "feature_dim": 16}
+    check_compatible(a, dict(a))
+    with pytest.raises(StoreError, match="checkpoint_sha256"):
+        check_compatible(a, {"backbone": backbone_attrs(sha="f" * 64), "feature_dim": 16})
+    other_pre = backbone_attrs()
+    other_pre["preprocessing"] = {**other_pre["preprocessing"], "size": 112}
+    with pytest.raises(StoreError, match="preprocessing"):
+        check_compatible(a, {"backbone": other_pre, "feature_dim": 16})
