@@ -38,6 +38,7 @@ format: install
 # The whole pipeline on generated data: synth -> extract -> (train-aggregator -> probe) -> results table.
 DEMO_TRAIN ?= 300
 DEMO_TEST  ?= 100
+DEMO_EPOCHS ?= 100
 BACKBONE   ?= r3d_18_narrow
 VC := $(BIN)/vcache
 demo: install
@@ -49,6 +50,15 @@ demo: install
 	$(VC) extract $(DEMO)/data/videos --format ucf101 --annotations $(DEMO)/data/splits --subset test \
 	  --backbone $(BACKBONE) --mode eval --layout 5x3 --out $(DEMO)/test_eval.zarr
 	$(VC) inspect $(DEMO)/test_eval.zarr
+	$(VC) train-aggregator scale $(DEMO)/train16.zarr --out $(DEMO)/scale.pt --epochs $(DEMO_EPOCHS) --resume
+	$(VC) probe knn $(DEMO)/train_eval.zarr $(DEMO)/test_eval.zarr --out $(DEMO)/results
+	$(VC) probe linear $(DEMO)/train_eval.zarr $(DEMO)/test_eval.zarr --out $(DEMO)/results
+	$(VC) probe mlp $(DEMO)/train_eval.zarr $(DEMO)/test_eval.zarr --out $(DEMO)/results
+	$(VC) probe transformer $(DEMO)/train_eval.zarr $(DEMO)/test_eval.zarr --out $(DEMO)/results
+	$(VC) probe knn $(DEMO)/train_eval.zarr $(DEMO)/test_eval.zarr --aggregator $(DEMO)/scale.pt --out $(DEMO)/results
+	$(VC) probe linear $(DEMO)/train_eval.zarr $(DEMO)/test_eval.zarr --aggregator $(DEMO)/scale.pt --out $(DEMO)/results
+	$(VC) probe transformer $(DEMO)/train_eval.zarr $(DEMO)/test_eval.zarr --aggregator $(DEMO)/scale.pt --out $(DEMO)/results
+	$(VC) results $(DEMO)/results --markdown $(DEMO)/results.md
 
 bench: install
 	$(BIN)/python benchmarks/bench_extract.py

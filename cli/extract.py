@@ -94,6 +94,11 @@ def extract_cmd(
         0.1, help="Exit with code 4 when more than this fraction of the videos failed."
     ),
     part: str | None = typer.Option(None, help="I/N: take a static share of the shards (SLURM arrays)."),
+    force_unlock: bool = typer.Option(
+        False,
+        "--force-unlock",
+        help="Remove the store's run locks first (only when the run that held them is dead).",
+    ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
     """Decode each video once, cut many crops, run a frozen backbone, write one row per crop.
@@ -134,6 +139,7 @@ def extract_cmd(
     except (ValueError, KeyError, ImportError, RuntimeError) as e:
         fail(f"backbone {backbone!r}: {e}")
     pre = model.preprocessing
+    families = _class_families(videos, annotations)
     settings = CropSettings(
         mode=mode,
         clip_frames=clip_frames or pre.clip_frames,
@@ -147,6 +153,7 @@ def extract_cmd(
         flip=flip,
     )
     opts = ExtractOptions(
+        class_families=families,
         init_seed=None if checkpoint else init_seed,
         batch_size=batch_size,
         workers=workers,
@@ -163,13 +170,35 @@ def extract_cmd(
     )
     from vcache.cli.common import ExtractProgress
 
+    if force_unlock:
+        from vcache.lock import force_unlock as unlock
+
+        console.print(f"removed {unlock(out)} lock(s) of {out}")
+    from vcache.lock import StoreLocked
+
     try:
         with ExtractProgress(quiet=quiet, clips_per_video=settings.k) as prog:
             report = extract(manifest, out, model, settings, opts, progress=prog)
-    except (StoreError, ValueError) as e:
+    except (StoreError, StoreLocked, ValueError) as e:
         fail(str(e))
+    except OSError as e:
+        fail(f"cannot write the store at {out}: {e}")
     _print_report(report, quiet)
     raise typer.Exit(report.exit_code)
+
+
+def _class_families(videos: Path, annotations: Path | None) -> dict[str, str] | None:
+    """Class -> family from a `classes.json` beside the data (as `vcache synth` writes): per-family scores."""
+    places = [videos, videos.parent] + ([annotations, annotations.parent] if annotations else [])
+    for d in places:
+        f = d / "classes.json"
+        if f.is_file():
+            try:
+                classes = json.loads(f.read_text()).get("classes", [])
+                return {c["name"]: c["family"] for c in classes if "family" in c} or None
+            except (ValueError, AttributeError, KeyError, TypeError):
+                return None
+    return None
 
 
 def _print_report(report, quiet: bool) -> None:
@@ -254,3 +283,53 @@ def export_cmd(
     except StoreError as e:
         fail(str(e))
     console.print(f"wrote {out}")
+
+
+@app.command("results")
+def results_cmd(
+    folder: Path = typer.Argument(..., help="Folder with probe result JSON files (searched recursively)."),
+    markdown: Path | None = typer.Option(None, help="Also write the table as markdown to this file."),
+) -> None:
+    """Gather the results of `vcache probe` runs into one table (top-1/top-5, per class family)."""
+    from rich.table import Table
+
+    from vcache.report import collect, to_markdown
+
+    rows = collect(folder)
+    if not rows:
+        fail(f"no probe results under {folder}")
+    md = to_markdown(rows)
+    if markdown:
+        markdown.write_text(md)
+    lines = [ln for ln in md.splitlines() if ln.strip()]
+    head = [c.strip() for c in lines[0].strip("|").split("|")]
+    t = Table(title=f"results in {folder}")
+    for h in head:
+        t.add_column(h, justify="left" if h == "probe" else "right")
+    for ln in lines[2:]:
+        t.add_row(*[c.strip() for c in ln.strip("|").split("|")])
+    from rich.console import Console
+
+    Console().print(t)
+
+
+@app.command("verify")
+def verify_cmd(
+    store: Path = typer.Argument(..., help="A store made by `vcache extract`."),
+    complete: bool = typer.Option(False, "--complete", help="Also fail when videos are still pending."),
+) -> None:
+    """Check a store: shapes and dtypes, finite done rows, valid boxes, failure reasons, provenance,
+    no half-written files. Exits 1 with a report on any problem."""
+    from vcache.store import verify
+
+    problems, counts = verify(store, require_complete=complete)
+    if problems:
+        console.print(f"[bold red]{store}: {len(problems)} problem(s)[/]", soft_wrap=True)
+        for p in problems[:50]:
+            console.print(f"  - {p}", soft_wrap=True, markup=False)
+        raise typer.Exit(1)
+    console.print(
+        f"[green]{store}: valid[/] ({counts['done']} done, {counts['failed']} failed, "
+        f"{counts['pending']} pending)",
+        soft_wrap=True,
+    )

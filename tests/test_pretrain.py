@@ -1,0 +1,226 @@
+"""CVRL / SVT pretraining: interval sampler, consistent augmentation, batch norm across ranks, end-to-end
+runs whose checkpoints load through the registry, resume, and one process vs two (gloo) equivalence."""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from scipy.stats import chisquare
+from torch import nn
+
+from vcache.backbones import build_backbone
+from vcache.pretrain.augment import apply_aug, cvrl_settings, draw_aug
+from vcache.pretrain.common import DistBatchNorm, DistContext, GlobalBatchSampler, list_videos, state_path
+from vcache.pretrain.cvrl import CVRLConfig, clip_starts, sample_interval, train_cvrl
+from vcache.pretrain.svt import SVTConfig, train_svt
+from vcache.vit import VideoViT, interpolate_pos_embed
+
+D = 12
+
+
+@pytest.mark.parametrize(
+    "dist, density",
+    [
+        ("decreasing", lambda t: 1 - t / D),
+        ("uniform", lambda t: np.ones_like(t)),
+        ("increasing", lambda t: t / D),
+    ],
+)
+def test_interval_sampler_follows_its_density(dist: str, density) -> None:
+    rng = np.random.default_rng(0)
+    draws = np.array([sample_interval(rng, D, dist) for _ in range(12000)])
+    assert draws.min() >= 0 and draws.max() <= D - 1
+    # expected mass of t = k: the continuous density integrated over [k, k + 1)
+    grid = np.linspace(0, D, D * 200 + 1)
+    mass = np.array([density(grid[(grid >= k) & (grid <= k + 1)]).mean() for k in range(D)])
+    expected = mass / mass.sum() * len(draws)
+    observed = np.bincount(draws, minlength=D)
+    assert chisquare(observed, expected).pvalue > 1e-3
+
+
+def test_interval_sampler_orders_the_ablation() -> None:
+    rng = np.random.default_rng(1)
+    means = {
+        d: np.mean([sample_interval(rng, 100, d) for _ in range(3000)])
+        for d in ("decreasing", "uniform", "increasing")
+    }
+    assert means["decreasing"] < 40 < means["uniform"] < 60 < means["increasing"]  # 33, 50, 67 in theory
+
+
+def test_clip_starts_are_valid_swapped_and_handle_short_videos() -> None:
+    rng = np.random.default_rng(2)
+    pairs = [clip_starts(rng, 40, 15) for _ in range(500)]
+    assert all(0 <= a <= 25 and 0 <= b <= 25 for a, b in pairs)
+    assert any(a < b for a, b in pairs) and any(a > b for a, b in pairs)
+    short = [clip_starts(rng, 8, 15) for _ in range(200)]
+    assert all(0 <= a < 8 and 0 <= b < 8 for a, b in short) and len(set(short)) > 10
+
+
+def test_consistent_augmentation_applies_one_draw_to_every_frame() -> None:
+    rng = np.random.default_rng(0)
+    frame = rng.integers(0, 256, (24, 32, 3), dtype=np.uint8)
+    static = np.repeat(frame[None], 6, axis=0)  # a video that does not move
+    settings = cvrl_settings()
+    one = apply_aug(static, [draw_aug(rng, settings, 24, 32)], 16)
+    assert one.shape == (6, 3, 16, 16)
+    assert all(torch.equal(one[0], one[i]) for i in range(6))  # the same crop, flip, jitter, blur everywhere
+    per_frame = apply_aug(static, [draw_aug(rng, settings, 24, 32) for _ in range(6)], 16)
+    assert not all(torch.allclose(per_frame[0], per_frame[i]) for i in range(1, 6))
+
+
+def test_dist_batchnorm_equals_batchnorm_in_one_process() -> None:
+    torch.manual_seed(0)
+    bn, dbn = nn.BatchNorm3d(4), DistBatchNorm(4)
+    x = torch.randn(3, 4, 2, 5, 5) * 3 + 1
+    assert torch.allclose(bn(x), dbn(x), atol=1e-5)
+    assert torch.allclose(bn.running_mean, dbn.running_mean) and torch.allclose(
+        bn.running_var, dbn.running_var
+    )
+    bn.eval(), dbn.eval()
+    assert torch.allclose(bn(x), dbn(x), atol=1e-5)
+
+
+def test_cvrl_r3d_topology() -> None:
+    model = build_backbone("cvrl_r3d_narrow")
+    assert model.conv1[0].kernel_size == (5, 7, 7) and model.conv1[0].stride == (2, 2, 2)
+    temporal = {
+        name.split(".")[0]
+        for name, m in model.named_modules()
+        if isinstance(m, nn.Conv3d) and m.kernel_size[0] == 3
+    }
+    assert temporal == {"res4", "res5"}
+    pooled, fmap = model(torch.zeros(1, 3, 8, 32, 32))
+    assert pooled.shape == (1, model.feature_dim) and tuple(fmap.shape[1:]) == model.map_shape(8, 32)
+
+
+def test_position_embeddings_interpolate_to_other_views() -> None:
+    vit = VideoViT(img_size=32, patch_size=8, num_frames=4, dim=32, depth=1, heads=2)
+    assert interpolate_pos_embed(vit.time_embed, (4,), (4,)) is vit.time_embed
+    assert interpolate_pos_embed(vit.time_embed, (4,), (2,)).shape == (1, 2, 32)
+    for t, s in ((4, 32), (2, 16), (8, 24)):
+        assert vit(torch.zeros(1, 3, t, s, s))[0].shape == (1, 32)
+
+
+def _tiny_cvrl(**kw) -> CVRLConfig:
+    base = dict(
+        clip_frames=8,
+        frame_stride=2,
+        input_size=32,
+        batch_size=4,
+        steps=2,
+        lr=0.01,
+        head_hidden=16,
+        head_out=8,
+        workers=0,
+        warmup_epochs=0,
+        save_every=0,
+        seed=0,
+    )
+    return CVRLConfig(**{**base, **kw})
+
+
+def _tiny_svt(**kw) -> SVTConfig:
+    base = dict(
+        backbone_kwargs=dict(dim=32, depth=1, heads=2),
+        global_size=32,
+        global_frames=(4, 2),
+        local_size=16,
+        local_frames=(2,),
+        n_local=2,
+        out_dim=32,
+        head_hidden=16,
+        head_bottleneck=8,
+        batch_size=4,
+        steps=2,
+        workers=0,
+        warmup_epochs=0,
+        save_every=0,
+        freeze_last_layer_epochs=0,
+        lr=1e-3,
+    )
+    return SVTConfig(**{**base, **kw})
+
+
+def test_cvrl_end_to_end_checkpoint_loads_and_resumes(tiny_dataset: Path, tmp_path: Path) -> None:
+    paths = list_videos(tiny_dataset)
+    out = tmp_path / "cvrl.pt"
+    summary = train_cvrl(paths, out, _tiny_cvrl(steps=1), DistContext(), progress=False)
+    assert summary["steps"] == 1 and np.isfinite(summary["final_loss"])
+    model = build_backbone("cvrl_r3d_narrow", checkpoint=out)  # what `vcache extract --checkpoint` does
+    assert model.preprocessing.clip_frames == 8 and model.preprocessing.input_size == 32
+    state = torch.load(state_path(out), weights_only=True)
+    saved = {k: v for k, v in state["model"].items() if k.startswith("backbone.")}
+    assert all(torch.equal(v, model.state_dict()[k[len("backbone.") :]]) for k, v in saved.items())
+    # resume to 2 steps: the first loss is kept, one step more is run
+    again = train_cvrl(paths, out, _tiny_cvrl(steps=2), DistContext(), resume=True, progress=False)
+    st = torch.load(state_path(out), weights_only=True)
+    assert again["steps"] == 2 and st["step"] == 2 and len(st["losses"]) == 2
+    assert st["losses"][:1] == state["losses"]
+
+
+def test_svt_end_to_end_saves_the_teacher(tiny_dataset: Path, tmp_path: Path) -> None:
+    out = tmp_path / "svt.pt"
+    summary = train_svt(list_videos(tiny_dataset), out, _tiny_svt(), DistContext(), progress=False)
+    assert np.isfinite(summary["final_loss"])
+    model = build_backbone(None, checkpoint=out)
+    assert model.name == "vit_video_tiny" and model.preprocessing.input_size == 32
+    teacher = torch.load(state_path(out), weights_only=True)["teacher"]
+    assert torch.equal(teacher["backbone.pos_embed"], model.pos_embed.detach())
+    assert model(torch.zeros(1, 3, 4, 32, 32))[0].shape == (1, model.feature_dim)
+
+
+def test_global_batches_split_over_ranks() -> None:
+    one = list(GlobalBatchSampler(10, 4, 5, 0, 0, 1, seed=3))
+    two = [list(GlobalBatchSampler(10, 4, 5, 0, r, 2, seed=3)) for r in range(2)]
+    assert [a + b for a, b in zip(*two, strict=True)] == one
+    assert one[2][0][0] == 1  # 2 steps per epoch: step 2 is epoch 1
+    assert list(GlobalBatchSampler(10, 4, 5, 3, 0, 1, seed=3)) == one[3:]  # resume mid-run
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _rank_main(rank: int, world: int, port: int, paths: list[str], outs: dict[str, str]) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world))
+    torch.set_num_threads(1)
+    torch.set_default_dtype(torch.float64)  # compare arithmetic, not float32 rounding amplified by training
+    torch.distributed.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        train_cvrl(paths, outs["cvrl"], _tiny_cvrl(steps=3), DistContext(rank, world), progress=False)
+        train_svt(paths, outs["svt"], _tiny_svt(steps=3), DistContext(rank, world), progress=False)
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+def test_one_process_equals_two(tiny_dataset: Path, tmp_path: Path) -> None:
+    """Batch 4 in one process vs 2 + 2 in two gloo processes: same losses, weights (and SVT centre) after
+    3 steps; CVRL exercises the gathered negatives and the all-reduced batch norm, SVT the centre."""
+    paths = list_videos(tiny_dataset)
+    torch.set_num_threads(1)
+    one = {m: str(tmp_path / f"one_{m}.pt") for m in ("cvrl", "svt")}
+    two = {m: str(tmp_path / f"two_{m}.pt") for m in ("cvrl", "svt")}
+    torch.set_default_dtype(torch.float64)  # float64 weights: compare the arithmetic, not float32 rounding
+    try:
+        train_cvrl(paths, one["cvrl"], _tiny_cvrl(steps=3), DistContext(), progress=False)
+        train_svt(paths, one["svt"], _tiny_svt(steps=3), DistContext(), progress=False)
+    finally:
+        torch.set_default_dtype(torch.float32)
+    torch.multiprocessing.spawn(_rank_main, args=(2, _free_port(), paths, two), nprocs=2)
+    for method, key in (("cvrl", "model"), ("svt", "student")):
+        a = torch.load(state_path(Path(one[method])), weights_only=True)
+        b = torch.load(state_path(Path(two[method])), weights_only=True)
+        np.testing.assert_allclose(a["losses"], b["losses"], rtol=1e-9, err_msg=method)
+        for k, v in a[key].items():
+            if v.is_floating_point():
+                torch.testing.assert_close(b[key][k], v, rtol=1e-7, atol=1e-9, msg=f"{method} {k}")
+    a, b = (torch.load(state_path(Path(d["svt"])), weights_only=True)["center"] for d in (one, two))
+    torch.testing.assert_close(b, a, rtol=1e-7, atol=1e-10)
+    assert a.abs().sum() > 0
