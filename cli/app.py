@@ -17,13 +17,7 @@ app = typer.Typer(
 )
 
 # Command modules: each import registers its commands on `app`.
-from vcache.cli import (  # noqa: E402,F401
-    extract,
-    pretrain,  # noqa: E402,F401
-    stage2,
-    stica,  # noqa: E402,F401
-    synth,
-)
+from vcache.cli import extract, pretrain, stage2, synth  # noqa: E402,F401
 
 
 def main() -> None:
