@@ -333,3 +333,29 @@ def verify_cmd(
         f"{counts['pending']} pending)",
         soft_wrap=True,
     )
+
+
+@app.command("backbones")
+def backbones_cmd() -> None:
+    """List the registered backbones with their feature dim and preprocessing defaults."""
+    from rich.table import Table
+
+    from vcache.backbones import build_backbone, list_backbones
+
+    t = Table(title="backbones (--backbone NAME; or package.module:factory)")
+    for col in ("name", "dim", "input", "clip", "stride", "pool", "params"):
+        t.add_column(col)
+    for name in list_backbones():
+        m = build_backbone(name)
+        p = m.preprocessing
+        n = sum(x.numel() for x in m.parameters())
+        t.add_row(
+            name,
+            str(m.feature_dim),
+            str(p.input_size),
+            str(p.clip_frames),
+            str(p.frame_stride),
+            p.pool,
+            f"{n / 1e6:.1f} M",
+        )
+    console.print(t)

@@ -84,10 +84,13 @@ class ExtractReport:
 
 
 def resolve_device(device: str) -> torch.device:
+    """auto: CUDA when there is one. Under torchrun, "auto" and "cuda" mean this rank's GPU (LOCAL_RANK)."""
     if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        device = "cuda" if torch.cuda.is_available() else "cpu"
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise ValueError("--device cuda asked for, but torch sees no CUDA device")
+    if device == "cuda" and "LOCAL_RANK" in os.environ:
+        device = f"cuda:{int(os.environ['LOCAL_RANK']) % torch.cuda.device_count()}"
     return torch.device(device)
 
 

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import zarr
 from typer.testing import CliRunner
-from videos import gradient_video, write_video
+from videos import gradient_video, random_video, write_video
 
 from vcache.backbones import build_backbone
 from vcache.cli.app import app
@@ -197,3 +197,41 @@ def test_cli_errors_are_one_line(tmp_path):
     assert r.exit_code == 2 and "bogus" in r.output
     r = CliRunner().invoke(app, ["inspect", str(tmp_path)])
     assert r.exit_code == 1 and "not a vcache store" in r.output
+
+
+def test_feature_maps_and_ssv2_webm(tmp_path):
+    """SSv2-style .webm (VP9) videos through the ssv2 manifest, with maps stored per crop."""
+    import av
+
+    root, ann = tmp_path / "webm", tmp_path / "ann"
+    ann.mkdir()
+    rng = np.random.default_rng(3)
+    for vid in ("11", "12"):
+        frames = random_video(rng, t=24)
+        root.mkdir(exist_ok=True)
+        with av.open(str(root / f"{vid}.webm"), "w") as out:
+            s = out.add_stream("libvpx-vp9", rate=12)
+            s.width, s.height, s.pix_fmt = 64, 48, "yuv420p"
+            for f in frames:
+                for p in s.encode(av.VideoFrame.from_ndarray(f, format="rgb24")):
+                    out.mux(p)
+            for p in s.encode():
+                out.mux(p)
+    (ann / "something-something-v2-labels.json").write_text(
+        json.dumps({"Pushing something": "0", "Pulling something": "1"})
+    )
+    rows = [{"id": "11", "template": "Pushing [something]"}, {"id": "12", "template": "Pulling [something]"}]
+    (ann / "something-something-v2-train.json").write_text(json.dumps(rows))
+    manifest = load_manifest("ssv2", root, ann, subset="train")
+    model = build_backbone("r2plus1d_18_narrow")
+    s = CropSettings(mode="eval", clip_frames=8, frame_stride=1, input_size=64, resize_short=73, layout="2x3")
+    rep = extract(manifest, tmp_path / "s.zarr", model, s, ExtractOptions(feature_maps=True))
+    assert rep.done == 2, rep.failures
+    st = open_store(tmp_path / "s.zarr")
+    maps = st.group["crops/maps"]
+    assert maps.shape == (12, *model.map_shape(8, 64)) and maps.dtype == np.float16
+    pooled = maps[:].astype(np.float32).mean(axis=(1, 2, 3))[:, -model.map_shape(8, 64)[-1] :]
+    feats = st.group["crops/features"][:].astype(np.float32)[
+        :, -pooled.shape[1] :
+    ]  # last stage's pooled part
+    assert np.allclose(pooled, feats, atol=2e-2, rtol=2e-2)

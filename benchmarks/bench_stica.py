@@ -1,0 +1,154 @@
+"""Cost of one STiCA training step with the trunk trainable: input crops versus feature crops.
+
+Three settings on the same backbone and the same batch of videos (STiCA Table 1a / 1f):
+  (a) 2 input crops at 112^2 per video, each pooled by the temporal head as one view;
+  (b) (a) plus 6 small input crops at 96^2 per video (multi-crop in input space);
+  (c) (a) plus the feature crops (2 x 6^2 + 4 x 4^2 in space, 2 x 3 + 1 x 2 in time per large crop),
+      cut from the two 112^2 maps (vcache.stica).
+Every setting runs the trunk forward and backward, the temporal-transformer head, the loss and an SGD step.
+Clips are 32 frames (R(2+1)D-18's 4 x 7 x 7 map at 112 px). The paper: (c) costs about what (a) costs; at
+equal batch the FLOP ratio (b) / (a) is about 3.2x (and Table 1f: 100.7 vs 29.3 GPU-h/epoch with smaller
+batches for (b)).
+
+Measured here:
+- FLOPs of forward + backward with torch.utils.flop_counter on the full-width r2plus1d_18, built on the
+  meta device (exact counts of the matmuls and convolutions, no arithmetic is run, so it is cheap).
+- Wall time of real steps on this machine's CPU with `--backbone` (default r2plus1d_18_narrow, widths
+  16-32-64-128: the full model takes ~6 s a clip forward on 2 shared cores), median of `--repeats` steps
+  after one warm-up step.
+Writes benchmarks/results/stica.json.
+
+    python benchmarks/bench_stica.py [--backbone r2plus1d_18_narrow] [--batch 2] [--repeats 3] [--threads 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from vcache.backbones import build_backbone
+from vcache.stica import HeadConfig, TemporalHead, ViewConfig, sample_views, within_video_loss
+
+FRAMES = 32
+
+
+def step(
+    model: torch.nn.Module, head: TemporalHead, setting: str, batch: int, device: str, rng
+) -> torch.Tensor:
+    """Forward + backward of one training step of `setting` ("a", "b" or "c") on random clips."""
+    large = torch.randn(2 * batch, 3, FRAMES, 112, 112, device=device)
+    _, fmap = model(large)
+    m1, m2 = fmap[0::2], fmap[1::2]
+    full = ViewConfig(
+        spatial_medium=0, spatial_small=0, temporal_medium=0, temporal_small=0, include_full=True
+    )
+    if setting == "c":
+        views = ViewConfig()
+        v1, v2 = sample_views(views, m1.shape[1:4], rng), sample_views(views, m1.shape[1:4], rng)
+        z1, z2 = head.views_forward(m1, v1), head.views_forward(m2, v2)
+        small1, small2 = [v.small for v in v1], [v.small for v in v2]
+    else:
+        v = sample_views(full, m1.shape[1:4], rng)
+        z1, z2 = head.views_forward(m1, v), head.views_forward(m2, v)
+        small1 = small2 = [False]
+        if setting == "b":  # 6 small input crops per video, 3 joined to each large crop's set
+            small = torch.randn(6 * batch, 3, FRAMES, 96, 96, device=device)
+            _, sm = model(small)
+            vs = sample_views(full, sm.shape[1:4], rng)
+            zs = head.views_forward(sm, vs).reshape(batch, 6, -1)
+            z1, z2 = torch.cat([z1, zs[:, :3]], 1), torch.cat([z2, zs[:, 3:]], 1)
+            small1 = small2 = [False, True, True, True]
+    loss, _ = within_video_loss(z1, z2, small1, small2, 0.5)
+    loss.backward()
+    return loss
+
+
+def flops(batch: int) -> dict[str, int]:
+    """Forward + backward FLOPs of each setting on the full-width r2plus1d_18 (meta tensors)."""
+    with torch.device("meta"):
+        model = build_backbone("r2plus1d_18").train()
+        head = TemporalHead(HeadConfig(in_dim=512)).train()
+    out = {}
+    for s in "abc":
+        with FlopCounterMode(display=False) as fc:
+            step(model, head, s, batch, "meta", np.random.default_rng(0))
+        out[s] = int(fc.get_total_flops())
+    return out
+
+
+def timed(backbone: str, batch: int, repeats: int) -> dict[str, dict[str, float]]:
+    torch.manual_seed(0)
+    model = build_backbone(backbone).train()
+    c = model.map_shape(FRAMES, 112)[-1]
+    head = TemporalHead(HeadConfig(in_dim=c)).train()
+    opt = torch.optim.SGD(list(model.parameters()) + list(head.parameters()), lr=1e-3, momentum=0.9)
+    out = {}
+    for s in "abc":
+        rng = np.random.default_rng(0)
+        times = []
+        for i in range(repeats + 1):
+            t0 = time.perf_counter()
+            opt.zero_grad(set_to_none=True)
+            step(model, head, s, batch, "cpu", rng)
+            opt.step()
+            if i:  # the first step warms up
+                times.append(time.perf_counter() - t0)
+        out[s] = {"median_s": statistics.median(times), "all_s": times}
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--backbone", default="r2plus1d_18_narrow", help="Trunk of the timed steps.")
+    ap.add_argument("--batch", type=int, default=2, help="Videos per step (the same in every setting).")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1))
+    ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "stica.json")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+
+    fl = flops(args.batch)
+    tm = timed(args.backbone, args.batch, args.repeats)
+    result = {
+        "setting": {
+            "batch_videos": args.batch,
+            "clip_frames": FRAMES,
+            "a": "2 input crops at 112^2 per video",
+            "b": "2 at 112^2 + 6 small input crops at 96^2 per video",
+            "c": "2 at 112^2 + feature crops (2x6^2 + 4x4^2 space, 2x3 + 1x2 time, per large crop)",
+            "flops_backbone": "r2plus1d_18 (full width), forward + backward, torch.utils.flop_counter",
+            "timed_backbone": args.backbone,
+            "timed_device": "cpu",
+            "threads": args.threads,
+            "machine": platform.processor() or platform.machine(),
+            "cpus": os.cpu_count(),
+        },
+        "flops": fl,
+        "flop_ratio": {"b/a": fl["b"] / fl["a"], "c/a": fl["c"] / fl["a"]},
+        "time": tm,
+        "time_ratio": {
+            "b/a": tm["b"]["median_s"] / tm["a"]["median_s"],
+            "c/a": tm["c"]["median_s"] / tm["a"]["median_s"],
+        },
+        "paper": {"b/a_flops": 3.2, "c/a": "about 1 (Table 1f: 30.0 vs 29.3 GPU-h/epoch)"},
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps({k: result[k] for k in ("flop_ratio", "time_ratio")}, indent=2))
+    for s in "abc":
+        print(
+            f"({s}) {fl[s] / 1e9:8.1f} GFLOP (r2plus1d_18)   {tm[s]['median_s']:.3f} s/step ({args.backbone})"
+        )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,755 @@
+"""STiCA's feature crops and temporal-attention pooling head, trained on cached feature maps.
+
+Space-Time Crop & Attend (Patrick et al., "STiCA"): from two large input crops L_1, L_2 of a video (a
+`pairs`-mode store, rows 2p and 2p + 1 share a temporal extent), many more views are made by cropping the
+trunk's T' x H' x W' feature map (Sec. 3.2, eq. 5), each view is pooled by a small temporal transformer
+(Sec. 3.3) and the within-video contrastive loss (eq. 6) pulls views of L_1 and L_2 together.
+
+Here the trunk is frozen: the maps come from the store, never from video, so this is **head-only STiCA
+(trunk frozen)**; the paper trains the trunk too (see `vcache.pretrain_stica` for that setting).
+
+Pieces (each usable alone):
+- `feature_crop`: eq. 5, an integer slice of a channels-last map; no ROI-align, no resize.
+- `ViewConfig` / `sample_views`: the view set T_i of one large crop: m medium and n small views, each a crop
+  in space (full time) or in time (full space). Default = the paper's best (Table 1b, Sec. 6.1.1):
+  2 x 6^2 + 4 x 4^2 in space and 2 x 3 + 1 x 2 in time, so m = 4 and n = 5.
+- `TemporalHead`: spatial average, then a temporal transformer (2 layers x 4 heads x 512, Sec. 3.3 and
+  6.3) over the per-time-step tokens with padding masks, then the projection 512 -> 512 -> 256 (Sec. 6.1).
+- `within_video_loss`: eq. 6 as a pure function.
+- `train_stica` / `load_head` / `embed_maps` / `video_embeddings` / `export_embeddings`: training from a
+  map store (streamed shard by shard when it does not fit in memory), checkpoints, and per-crop embeddings
+  written as an ordinary feature store that `vcache probe` evaluates like any other.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from vcache.scale import _atomic_save, check_compatible, resolve_device, store_provenance
+from vcache.store import DONE, FeatureStore, StoreError, VideoMeta, create_store, open_store
+
+HEAD_FORMAT = "vcache-stica-head-1"
+MODE_NAME = "head-only STiCA (trunk frozen)"
+
+
+# -- feature crops and view sets ------------------------------------------------------------------------
+@dataclass(frozen=True)
+class View:
+    """One feature crop: the half-open index ranges [t0, t1) x [y0, y1) x [x0, x1) of a T' x H' x W' map."""
+
+    t0: int
+    t1: int
+    y0: int
+    y1: int
+    x0: int
+    x1: int
+    small: bool  # small views never pair with small views (eq. 6)
+    kind: str  # "full", "spatial-medium", "temporal-medium", "spatial-small", "temporal-small"
+
+    @property
+    def length(self) -> int:
+        return self.t1 - self.t0
+
+
+def feature_crop(fmap: Any, view: View) -> Any:
+    """STiCA eq. 5: the integer slice `fmap[..., t0:t1, y0:y1, x0:x1, :]` of a channels-last map.
+
+    Works on numpy arrays and tensors of shape (..., T', H', W', C); a view, not a copy, for both.
+    """
+    return fmap[..., view.t0 : view.t1, view.y0 : view.y1, view.x0 : view.x1, :]
+
+
+@dataclass(frozen=True)
+class ViewConfig:
+    """Counts and sizes of the feature crops per large crop. Defaults: STiCA Table 1b / Sec. 6.1.1."""
+
+    spatial_medium: int = 2
+    spatial_medium_size: int = 6
+    spatial_small: int = 4
+    spatial_small_size: int = 4
+    temporal_medium: int = 2
+    temporal_medium_size: int = 3
+    temporal_small: int = 1
+    temporal_small_size: int = 2
+    include_full: bool = False  # add the uncropped L_i to T_i (not in the paper's T_i)
+
+    @property
+    def m(self) -> int:
+        """Medium views per large crop (the full view, when included, counts apart)."""
+        return self.spatial_medium + self.temporal_medium
+
+    @property
+    def n(self) -> int:
+        """Small views per large crop."""
+        return self.spatial_small + self.temporal_small
+
+    @property
+    def views_per_crop(self) -> int:
+        return self.m + self.n + int(self.include_full)
+
+    @property
+    def n_terms(self) -> int:
+        """Ordered loss terms per video: 2((m + n)^2 - n^2) (Sec. 3.2); a full view counts as medium."""
+        big = self.views_per_crop
+        return 2 * (big**2 - self.n**2)
+
+    def check(self, map_thw: Sequence[int]) -> None:
+        """Refuse counts and sizes that do not fit a T' x H' x W' map, saying which option to pass."""
+        t, h, w = (int(v) for v in map_thw)
+        counts = (self.spatial_medium, self.spatial_small, self.temporal_medium, self.temporal_small)
+        if min(counts) < 0:
+            raise ValueError("view counts must be >= 0")
+        if self.views_per_crop - self.n == 0:
+            raise ValueError(
+                "no medium view and no --include-full: every pair would be small-small, which eq. 6 excludes"
+            )
+        problems = []
+        for name, count, size, extent, axis in (
+            ("spatial medium", self.spatial_medium, self.spatial_medium_size, min(h, w), "H' x W'"),
+            ("spatial small", self.spatial_small, self.spatial_small_size, min(h, w), "H' x W'"),
+            ("temporal medium", self.temporal_medium, self.temporal_medium_size, t, "T'"),
+            ("temporal small", self.temporal_small, self.temporal_small_size, t, "T'"),
+        ):
+            if count and not 1 <= size <= extent:
+                flag = "--" + name.replace(" ", "-") + "-size"
+                problems.append(f"{name} crops of {size} do not fit {axis} = {extent} (pass {flag})")
+        if problems:
+            raise ValueError(
+                f"feature map {t} x {h} x {w} is too small for the requested feature crops: "
+                + "; ".join(problems)
+                + ". The defaults are the paper's sizes for R(2+1)D-18's 4 x 7 x 7 map (32 frames at 112 px)."
+            )
+
+
+def sample_views(cfg: ViewConfig, map_thw: Sequence[int], rng: np.random.Generator) -> list[View]:
+    """The view set T_i of one large crop, at uniformly random integer positions.
+
+    Order: [full], spatial medium, temporal medium, spatial small, temporal small. A spatial view keeps
+    the full time; a temporal view keeps the full space (Sec. 3.2). Positions are drawn independently per
+    view (duplicates allowed), as the official code's `get_fm_crop` does.
+    """
+    t, h, w = (int(v) for v in map_thw)
+    cfg.check((t, h, w))
+    views: list[View] = []
+    if cfg.include_full:
+        views.append(View(0, t, 0, h, 0, w, False, "full"))
+
+    def spatial(count: int, size: int, small: bool, kind: str) -> None:
+        for _ in range(count):
+            y0, x0 = int(rng.integers(0, h - size + 1)), int(rng.integers(0, w - size + 1))
+            views.append(View(0, t, y0, y0 + size, x0, x0 + size, small, kind))
+
+    def temporal(count: int, size: int, small: bool, kind: str) -> None:
+        for _ in range(count):
+            t0 = int(rng.integers(0, t - size + 1))
+            views.append(View(t0, t0 + size, 0, h, 0, w, small, kind))
+
+    spatial(cfg.spatial_medium, cfg.spatial_medium_size, False, "spatial-medium")
+    temporal(cfg.temporal_medium, cfg.temporal_medium_size, False, "temporal-medium")
+    spatial(cfg.spatial_small, cfg.spatial_small_size, True, "spatial-small")
+    temporal(cfg.temporal_small, cfg.temporal_small_size, True, "temporal-small")
+    return views
+
+
+# -- pooling head ---------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class HeadConfig:
+    """The temporal-attention pooling head. Defaults: STiCA Sec. 3.3, 6.1 and 6.3."""
+
+    in_dim: int  # channels C of the trunk's map
+    width: int = 512  # transformer width (Sec. 6.3)
+    depth: int = 2  # layers (Sec. 3.3, Table 1d: 2 is best)
+    heads: int = 4  # attention heads (Sec. 3.3)
+    ff_dim: int = 2048  # feed-forward width: the official code's FFN (paper silent)
+    proj_hidden: int = 512  # projection 512 -> 512 -> 256 (Sec. 6.1)
+    proj_dim: int = 256
+    max_len: int = 64  # longest token sequence (T') the position table covers (our choice)
+
+
+class TemporalHead(nn.Module):
+    """Spatial average, then a temporal transformer with padding masks, then the projection MLP.
+
+    Choices where the paper is silent (Sec. 6.3 is cut short):
+    - A learned CLS token is prepended and its output is the view's representation (the official code
+      reads the output of the first time step instead); a CLS token keeps the result independent of which
+      time step comes first in a temporal crop.
+    - Learned position embeddings of the relative time step 0..t-1 within the view (the official code has
+      them as an option, off by default; without them the CLS output would be blind to temporal order).
+    - Post-norm layers with GELU, dropout 0 (the official code's layer layout).
+    - C != width: a linear input projection; C == width: none.
+    - Projection Linear -> BatchNorm -> ReLU -> Linear, as GDT's MLP head (without its dropout).
+    """
+
+    def __init__(self, cfg: HeadConfig):
+        super().__init__()
+        self.cfg = cfg
+        w = cfg.width
+        self.in_proj: nn.Module = nn.Identity() if cfg.in_dim == w else nn.Linear(cfg.in_dim, w)
+        self.cls_token = nn.Parameter(torch.zeros(w))
+        self.pos = nn.Parameter(torch.zeros(cfg.max_len, w))
+        nn.init.normal_(self.cls_token, std=0.02)
+        nn.init.normal_(self.pos, std=0.02)
+        layer = nn.TransformerEncoderLayer(
+            w, cfg.heads, cfg.ff_dim, 0.0, activation="gelu", batch_first=True, norm_first=False
+        )
+        self.encoder = nn.TransformerEncoder(layer, cfg.depth, enable_nested_tensor=False)
+        self.proj = nn.Sequential(
+            nn.Linear(w, cfg.proj_hidden),
+            nn.BatchNorm1d(cfg.proj_hidden),
+            nn.ReLU(inplace=True),
+            nn.Linear(cfg.proj_hidden, cfg.proj_dim),
+        )
+
+    @staticmethod
+    def spatial_tokens(fmap: torch.Tensor) -> torch.Tensor:
+        """P_s of eq. 4: (B, T, H, W, C) -> (B, T, C), the mean over the map's spatial cells."""
+        return fmap.mean(dim=(-3, -2))
+
+    def encode(self, tokens: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, T, C) tokens, valid (B, T) bool (True = a real time step, padding after) -> (B, width).
+
+        Padded steps are masked out of the attention, so a sequence gives the same output with or without
+        padding after it.
+        """
+        b, t, _ = tokens.shape
+        if t > self.cfg.max_len:
+            raise ValueError(f"{t} time steps; the head covers at most max_len = {self.cfg.max_len}")
+        x = self.in_proj(tokens) + self.pos[:t]
+        x = torch.cat([self.cls_token.expand(b, 1, -1).to(x.dtype), x], dim=1)
+        pad = None
+        if valid is not None:
+            pad = torch.cat([torch.zeros(b, 1, dtype=torch.bool, device=x.device), ~valid.bool()], dim=1)
+        return self.encoder(x, src_key_padding_mask=pad)[:, 0]
+
+    def embed(self, fmap: torch.Tensor) -> torch.Tensor:
+        """The representation of whole (uncropped) maps (B, T, H, W, C) -> (B, width): the probes' input."""
+        return self.encode(self.spatial_tokens(fmap))
+
+    def project(self, h: torch.Tensor) -> torch.Tensor:
+        """(B, width) -> (B, proj_dim) L2-normalised embeddings z for the loss."""
+        return F.normalize(self.proj(h), dim=-1)
+
+    def views_forward(self, fmap: torch.Tensor, views: Sequence[View]) -> torch.Tensor:
+        """All views of a batch of maps in one transformer pass: (B, T, H, W, C) -> z (B, V, proj_dim).
+
+        Each view is cut with `feature_crop` (the same positions for every video of the batch, as the
+        official code does), averaged over space, and padded at the end to T' with a padding mask.
+        """
+        b, t = fmap.shape[0], fmap.shape[1]
+        tokens = fmap.new_zeros(len(views), b, t, fmap.shape[-1])
+        valid = torch.zeros(len(views), b, t, dtype=torch.bool, device=fmap.device)
+        for i, v in enumerate(views):
+            tokens[i, :, : v.length] = self.spatial_tokens(feature_crop(fmap, v))
+            valid[i, :, : v.length] = True
+        h = self.encode(tokens.reshape(-1, t, tokens.shape[-1]), valid.reshape(-1, t))
+        return self.project(h).reshape(len(views), b, -1).transpose(0, 1)
+
+
+# -- loss -----------------------------------------------------------------------------------------------
+def pair_mask(small1: Sequence[bool], small2: Sequence[bool]) -> torch.Tensor:
+    """(V1, V2) bool: the pairs (alpha, beta) of T_1 x T_2 that enter eq. 6, i.e. all but small-small."""
+    s1 = torch.as_tensor(list(small1), dtype=torch.bool)
+    s2 = torch.as_tensor(list(small2), dtype=torch.bool)
+    return ~(s1[:, None] & s2[None, :])
+
+
+def n_loss_terms(m: int, n: int) -> int:
+    """Ordered terms of eq. 6 for m medium and n small views per large crop: 2((m + n)^2 - n^2)."""
+    return 2 * ((m + n) ** 2 - n**2)
+
+
+def within_video_loss(
+    z1: torch.Tensor,
+    z2: torch.Tensor,
+    small1: Sequence[bool],
+    small2: Sequence[bool],
+    temperature: float = 0.5,
+) -> tuple[torch.Tensor, int]:
+    """STiCA eq. 6: the within-video (visual-visual) loss of a batch. Pure: tensors in, scalar out.
+
+    z1: (B, V1, d) embeddings of the views of L_1 (T_1); z2: (B, V2, d) of L_2's views (T_2); small1/2 mark
+    the small views. Pairs only across T_1 and T_2, small-small pairs excluded; each pair (alpha, beta)
+    gives the two ordered terms L(v_alpha, v_beta) + L(v_beta, v_alpha) of eq. 1: cosine similarity over
+    `temperature` (0.5 for the within-modal loss, Sec. 6.1), the same video's other view is the positive,
+    the other videos' views are the negatives, averaged over the B videos.
+
+    Returns (loss, number of ordered terms). The paper sums the terms; we return their mean (the official
+    code divides by its count of terms too), so that the learning rate does not depend on the view counts.
+    """
+    b = z1.shape[0]
+    if b < 2:
+        raise ValueError("the within-video loss needs at least 2 videos (the others are the negatives)")
+    z1, z2 = F.normalize(z1, dim=-1), F.normalize(z2, dim=-1)
+    mask = pair_mask(small1, small2)  # on the host: the kept pairs are known without a device sync
+    if mask.shape != (z1.shape[1], z2.shape[1]):
+        raise ValueError(f"small flags {tuple(mask.shape)} do not match views {z1.shape[1]}, {z2.shape[1]}")
+    a_idx, b_idx = (i.to(z1.device) for i in torch.nonzero(mask, as_tuple=True))
+    # logits[p, i, j] = sim(z1[i, alpha_p], z2[j, beta_p]) / tau for every kept pair p
+    logits = torch.einsum("pid,pjd->pij", z1[:, a_idx].transpose(0, 1), z2[:, b_idx].transpose(0, 1))
+    logits = logits / temperature
+    target = torch.arange(b, device=z1.device).repeat(len(a_idx))
+    fwd = F.cross_entropy(logits.reshape(-1, b), target)  # anchors from T_1, candidates from T_2
+    bwd = F.cross_entropy(logits.transpose(1, 2).reshape(-1, b), target)  # anchors from T_2
+    n_terms = 2 * len(a_idx)
+    return (fwd + bwd) / 2, n_terms
+
+
+# -- data: pairs of large-crop maps, from memory or streamed by shard -----------------------------------
+class PairMaps:
+    """The (L_1, L_2) map pairs of a `pairs`-mode store with `--feature-maps`.
+
+    Each epoch draws one of the P pairs of every done video (seeded by (seed, epoch)) and yields batches of
+    videos. Maps stay float16 on the host. When the store's maps fit in `memory_bytes` they are read once
+    and kept; otherwise each epoch reads the shards again, one at a time, in a random order (a buffer of
+    at most about one batch plus one shard), so memory does not grow with the store.
+    """
+
+    def __init__(self, path: str | Path, memory_bytes: float = 4e9):
+        self.path = Path(path)
+        self.store: FeatureStore = open_store(path)
+        attrs = self.store.attrs
+        if not self.store.has_maps:
+            raise StoreError(f"{path}: no feature maps; extract with --feature-maps (and --mode pairs)")
+        sampling = attrs.get("sampling") or {}
+        if sampling.get("mode") != "pairs":
+            raise StoreError(
+                f"{path}: a {sampling.get('mode')!r}-mode store; STiCA trains on a pairs-mode store "
+                "(vcache extract ... --mode pairs --feature-maps)"
+            )
+        k = self.store.crops_per_video
+        if k % 2 or k < 2:
+            raise StoreError(f"{path}: {k} crops per video is not a whole number of pairs")
+        self.pairs = k // 2
+        self.map_shape = tuple(int(v) for v in attrs["map_shape"])
+        self.done = self.store.status() == DONE
+        if self.done.sum() < 2:
+            raise StoreError(f"{path}: STiCA needs at least 2 done videos (the others are the negatives)")
+        row_bytes = int(np.prod(self.map_shape)) * np.dtype(self.store.group["crops/maps"].dtype).itemsize
+        self.total_bytes = int(self.done.sum()) * k * row_bytes
+        self.in_memory = self.total_bytes <= memory_bytes
+        self._cache: dict[int, np.ndarray] = {}
+
+    @property
+    def n_videos(self) -> int:
+        return int(self.done.sum())
+
+    def shard_maps(self, shard: int) -> np.ndarray:
+        """(videos in shard, K, T', H', W', C) float16, read in one zarr call (cached when in memory)."""
+        if shard in self._cache:
+            return self._cache[shard]
+        vids = self.store.shard_videos(shard)
+        k = self.store.crops_per_video
+        maps = self.store.group["crops/maps"][vids.start * k : vids.stop * k]
+        maps = np.asarray(maps).reshape(len(vids), k, *self.map_shape)
+        if self.in_memory:
+            self._cache[shard] = maps
+        return maps
+
+    def batches(
+        self, epoch: int, batch_size: int, seed: int
+    ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """Yield (maps of L_1 (B, T', H', W', C), maps of L_2, store rows (B,)) for one epoch."""
+        rng = np.random.default_rng([seed, epoch, 0])
+        pick = rng.integers(0, self.pairs, size=self.store.n_videos)
+        buf_a: list[np.ndarray] = []
+        buf_b: list[np.ndarray] = []
+        buf_v: list[np.ndarray] = []
+        held = 0
+        for s in rng.permutation(self.store.n_shards):
+            vids = np.arange(self.store.shard_videos(int(s)).start, self.store.shard_videos(int(s)).stop)
+            keep = self.done[vids]
+            if not keep.any():
+                continue
+            maps = self.shard_maps(int(s))[keep]
+            p = pick[vids[keep]]
+            rows = np.arange(len(p))
+            buf_a.append(maps[rows, 2 * p])
+            buf_b.append(maps[rows, 2 * p + 1])
+            buf_v.append(vids[keep])
+            held += len(p)
+            if held >= batch_size:
+                a, b, v = np.concatenate(buf_a), np.concatenate(buf_b), np.concatenate(buf_v)
+                order = rng.permutation(len(v))
+                full = (len(v) // batch_size) * batch_size
+                for i in range(0, full, batch_size):
+                    sel = order[i : i + batch_size]
+                    yield a[sel], b[sel], v[sel]
+                rest = order[full:]
+                buf_a, buf_b, buf_v, held = [a[rest]], [b[rest]], [v[rest]], len(rest)
+        if held >= 2:  # a last, smaller batch (one lone video would have no negatives)
+            yield np.concatenate(buf_a), np.concatenate(buf_b), np.concatenate(buf_v)
+
+
+# -- training -------------------------------------------------------------------------------------------
+@dataclass
+class SticaConfig:
+    """Settings of head-only STiCA training; saved in the checkpoint."""
+
+    in_dim: int
+    views: ViewConfig = field(default_factory=ViewConfig)
+    width: int = 512
+    depth: int = 2
+    heads: int = 4
+    proj_dim: int = 256
+    temperature: float = 0.5  # within-modal temperature (Sec. 6.1)
+    # The paper trains trunk + head with SGD lr 0.64 at batch 512; for a head on frozen features we use
+    # AdamW (our choice, as SCALE's official code) at these values.
+    lr: float = 3e-4
+    weight_decay: float = 0.05
+    batch_size: int = 128  # videos a step (paper: 8 per GPU x 64 GPUs = 512)
+    epochs: int = 100  # Sec. 4.2
+    seed: int = 0
+
+    def head_config(self) -> HeadConfig:
+        return HeadConfig(
+            in_dim=self.in_dim, width=self.width, depth=self.depth, heads=self.heads, proj_dim=self.proj_dim
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> SticaConfig:
+        d = dict(d)
+        d["views"] = ViewConfig(**d["views"])
+        return cls(**d)
+
+
+@dataclass
+class SticaResult:
+    checkpoint: Path
+    epochs_done: int
+    history: list[dict[str, float]] = field(default_factory=list)
+    steps: int = 0
+    seconds: float = 0.0
+    streamed: bool = False
+    n_terms: int = 0
+
+
+def train_step(
+    head: TemporalHead,
+    maps1: torch.Tensor,
+    maps2: torch.Tensor,
+    views: ViewConfig,
+    temperature: float,
+    rng: np.random.Generator,
+) -> tuple[torch.Tensor, int]:
+    """The loss of one batch of (L_1, L_2) maps (B, T', H', W', C): draw T_1 and T_2, crop, pool, project,
+    eq. 6. Shared with `vcache.pretrain_stica`, where the maps come from the trainable trunk."""
+    thw = tuple(maps1.shape[1:4])
+    v1, v2 = sample_views(views, thw, rng), sample_views(views, thw, rng)
+    z1, z2 = head.views_forward(maps1, v1), head.views_forward(maps2, v2)
+    return within_video_loss(z1, z2, [v.small for v in v1], [v.small for v in v2], temperature)
+
+
+def _provenance(attrs: dict[str, Any], path: str | Path) -> dict[str, Any]:
+    return {**store_provenance(attrs, path), "map_shape": attrs.get("map_shape")}
+
+
+def train_stica(
+    store_path: str | Path,
+    cfg: SticaConfig,
+    out: str | Path,
+    *,
+    resume: bool = False,
+    device: str = "auto",
+    memory_bytes: float = 4e9,
+    progress: Callable[[dict[str, float]], None] | None = None,
+    max_steps: int | None = None,
+) -> SticaResult:
+    """Train the pooling head on a pairs-mode map store; write `out` after every epoch.
+
+    Randomness (pair choice, batch order, view positions) comes from generators seeded by (seed, epoch),
+    so a run resumed from an epoch's checkpoint continues exactly like an uninterrupted one.
+    `progress` gets {epoch, step, loss, videos_per_s} after every step; `max_steps` stops early (tests,
+    benchmarks): the checkpoint then holds the last completed epoch only.
+    """
+    t_start = time.perf_counter()
+    out = Path(out)
+    data = PairMaps(store_path, memory_bytes)
+    t, h, w, c = data.map_shape
+    if c != cfg.in_dim:
+        raise StoreError(f"{store_path}: maps have {c} channels, the config expects {cfg.in_dim}")
+    cfg.views.check((t, h, w))
+    dev = resolve_device(device)
+    provenance = _provenance(data.store.attrs, store_path)
+
+    torch.manual_seed(cfg.seed)
+    head = TemporalHead(cfg.head_config()).to(dev)
+    opt = torch.optim.AdamW(head.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    start_epoch, history = 0, []
+    if resume and out.exists():
+        ckpt = load_checkpoint(out)
+        saved, now = ckpt["config"], cfg.to_dict()
+        diff = [f.name for f in fields(cfg) if f.name != "epochs" and saved.get(f.name) != now[f.name]]
+        if diff:
+            raise ValueError(f"--resume: settings differ from the checkpoint's: {', '.join(diff)}")
+        check_compatible(ckpt["provenance"], data.store.attrs, "the checkpoint's store", "the maps store")
+        if ckpt["provenance"].get("manifest_hash") != data.store.attrs.get("manifest_hash"):
+            raise StoreError("--resume: the checkpoint was trained on a different store (manifest differs)")
+        head.load_state_dict(ckpt["model"])
+        opt.load_state_dict(ckpt["optimizer"])
+        start_epoch, history = int(ckpt["epochs_done"]), list(ckpt["history"])
+
+    steps, seen, t_train, n_terms = 0, 0, 0.0, cfg.views.n_terms
+    for epoch in range(start_epoch, cfg.epochs):
+        head.train()
+        view_rng = np.random.default_rng([cfg.seed, epoch, 1])
+        total, count = 0.0, 0
+        for i, (a, b, _) in enumerate(data.batches(epoch, cfg.batch_size, cfg.seed)):
+            t0 = time.perf_counter()
+            ma = torch.from_numpy(a).to(dev).float()
+            mb = torch.from_numpy(b).to(dev).float()
+            loss, n_terms = train_step(head, ma, mb, cfg.views, cfg.temperature, view_rng)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            val = float(loss.detach())
+            t_train += time.perf_counter() - t0
+            total, count, seen, steps = total + val * len(a), count + len(a), seen + len(a), steps + 1
+            if progress is not None:
+                progress({"epoch": epoch, "step": i, "loss": val, "videos_per_s": seen / max(t_train, 1e-9)})
+            if max_steps is not None and steps >= max_steps:
+                break
+        if max_steps is not None and steps >= max_steps:
+            break
+        history.append({"epoch": epoch + 1, "loss": total / max(count, 1)})
+        _atomic_save(
+            {
+                "format": HEAD_FORMAT,
+                "mode": MODE_NAME,
+                "config": cfg.to_dict(),
+                "model": head.state_dict(),
+                "optimizer": opt.state_dict(),
+                "epochs_done": epoch + 1,
+                "history": history,
+                "n_terms": n_terms,
+                "provenance": provenance,
+                "class_names": list(data.store.attrs.get("class_names") or []),
+            },
+            out,
+        )
+    return SticaResult(
+        checkpoint=out,
+        epochs_done=len(history),
+        history=history,
+        steps=steps,
+        seconds=time.perf_counter() - t_start,
+        streamed=not data.in_memory,
+        n_terms=n_terms,
+    )
+
+
+# -- checkpoints and embeddings -------------------------------------------------------------------------
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"{p}: no such checkpoint")
+    ckpt = torch.load(p, map_location="cpu", weights_only=False)
+    if not isinstance(ckpt, dict) or ckpt.get("format") != HEAD_FORMAT:
+        raise StoreError(f"{p}: not a vcache STiCA head checkpoint")
+    return ckpt
+
+
+def is_stica_checkpoint(path: str | Path) -> bool:
+    """True for a file written by `train_stica` (what a probe's --aggregator hook can test)."""
+    try:
+        load_checkpoint(path)
+    except Exception:  # missing file, foreign format, or one of torch.load's many error types
+        return False
+    return True
+
+
+def load_head(path: str | Path) -> tuple[TemporalHead, dict[str, Any]]:
+    """The trained head (eval mode) and the checkpoint's metadata (config, provenance, history)."""
+    ckpt = load_checkpoint(path)
+    cfg = SticaConfig.from_dict(ckpt["config"])
+    head = TemporalHead(cfg.head_config())
+    head.load_state_dict(ckpt["model"])
+    meta = {k: v for k, v in ckpt.items() if k not in ("model", "optimizer")}
+    meta["sha256"] = hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    return head.eval(), meta
+
+
+def embed_maps(head: TemporalHead, maps: np.ndarray, device: str = "auto", batch: int = 256) -> np.ndarray:
+    """Whole-map representations (the transformer's CLS output, before the projection, as the
+    representation used downstream in contrastive learning): (n, T', H', W', C) -> (n, width) float32."""
+    dev = resolve_device(device)
+    head = head.to(dev).eval()
+    out = []
+    with torch.no_grad():
+        for i in range(0, len(maps), batch):
+            x = torch.from_numpy(np.asarray(maps[i : i + batch])).to(dev).float()
+            out.append(head.embed(x).cpu().numpy())
+    if not out:
+        return np.zeros((0, head.cfg.width), np.float32)
+    return np.concatenate(out).astype(np.float32)
+
+
+def _check_store_for_head(meta: dict[str, Any], store: FeatureStore, path: str | Path) -> None:
+    if not store.has_maps:
+        raise StoreError(f"{path}: no feature maps; extract it with --feature-maps to embed it with a head")
+    check_compatible(meta["provenance"], store.attrs, "the head's training store", f"store {path}")
+    c = int(store.attrs["map_shape"][-1])
+    if c != meta["config"]["in_dim"]:
+        raise StoreError(f"{path}: maps have {c} channels, the head expects {meta['config']['in_dim']}")
+
+
+def iter_crop_embeddings(
+    head_path: str | Path, store_path: str | Path, device: str = "auto"
+) -> Iterator[tuple[int, np.ndarray]]:
+    """(shard, per-crop embeddings (shard videos * K, width)) for every shard of a map store, streamed."""
+    head, meta = load_head(head_path)
+    st = open_store(store_path)
+    _check_store_for_head(meta, st, store_path)
+    k = st.crops_per_video
+    for s in range(st.n_shards):
+        vids = st.shard_videos(s)
+        maps = st.group["crops/maps"][vids.start * k : vids.stop * k]
+        yield s, embed_maps(head, maps, device)
+
+
+def video_embeddings(
+    head_path: str | Path, store_path: str | Path, device: str = "auto"
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per-video embeddings: the mean of the head's per-crop embeddings over each done video's crops.
+
+    Returns (embeddings (n_done, width), labels (n_done,), store rows (n_done,))."""
+    st = open_store(store_path)
+    k = st.crops_per_video
+    parts = [
+        e.reshape(-1, k, e.shape[-1]).mean(axis=1)
+        for _, e in iter_crop_embeddings(head_path, st.path, device)
+    ]
+    emb = np.concatenate(parts)
+    keep = np.flatnonzero(st.status() == DONE)
+    return emb[keep], st.labels()[keep].astype(np.int64), keep
+
+
+def head_backbone_attrs(bb: dict[str, Any], meta: dict[str, Any], head_path: str | Path) -> dict[str, Any]:
+    """The `backbone` attribute of an embedding store: trunk + head, so that `check_compatible` keeps stores
+    embedded with different heads (or trunks) apart, and stores embedded with the same head together."""
+    trunk_sha = bb.get("checkpoint_sha256") or ""
+    combined = hashlib.sha256(f"{trunk_sha}|{meta['sha256']}".encode()).hexdigest()
+    return {
+        "name": f"{bb.get('name')}+stica_head",
+        "checkpoint": str(head_path),
+        "checkpoint_sha256": combined,
+        "feature_dim": int(meta["config"]["width"]),
+        "preprocessing": bb.get("preprocessing"),
+        "trunk": bb,
+        "stica_head": {
+            "path": str(head_path),
+            "sha256": meta["sha256"],
+            "mode": MODE_NAME,
+            "config": meta["config"],
+            "epochs_done": meta["epochs_done"],
+            "trained_on": meta["provenance"],
+        },
+    }
+
+
+def export_embeddings(
+    head_path: str | Path, store_path: str | Path, out: str | Path, device: str = "auto"
+) -> Path:
+    """Write a feature store whose per-crop features are the head's embeddings of each crop's whole map.
+
+    Boxes, flips, per-video records and labels are copied from the map store, so `vcache probe linear |
+    knn (--retrieval)` evaluate the head like any other features (per-crop softmax / mean over crops).
+    The store's `backbone` attribute names trunk and head (see `head_backbone_attrs`); train and test
+    stores embedded with the same head are compatible, others are refused by the probes.
+    """
+    _, meta = load_head(head_path)
+    src = open_store(store_path)
+    _check_store_for_head(meta, src, store_path)
+    width = int(meta["config"]["width"])
+    attrs = {
+        k: v
+        for k, v in src.attrs.items()
+        if k not in ("schema_version", "n_videos", "crops_per_video", "videos_per_shard", "feature_dim")
+        and k not in ("feature_dtype", "map_shape", "manifest_hash")
+    }
+    attrs.update(
+        backbone=head_backbone_attrs(src.attrs.get("backbone") or {}, meta, head_path),
+        feature_maps=False,
+        embedded_from=str(Path(store_path)),
+        stica_mode=MODE_NAME,
+    )
+    dst = create_store(
+        out,
+        src.paths(),
+        src.labels(),
+        src.crops_per_video,
+        width,
+        attrs,
+        videos_per_shard=src.videos_per_shard,
+        feature_dtype="float32",
+    )
+    k = src.crops_per_video
+    v = src.group["videos"]
+    reasons = src.reasons()
+    for s, emb in iter_crop_embeddings(head_path, store_path, device):
+        vids = src.shard_videos(s)
+        sl = slice(vids.start, vids.stop)
+        cols = {name: v[name][sl] for name in ("status", "reason_code", "num_frames", "decoded_frames")}
+        cols.update({name: v[name][sl] for name in ("fps", "height", "width")})
+        metas = [
+            VideoMeta(
+                status=int(cols["status"][i]),
+                reason_code=int(cols["reason_code"][i]),
+                reason=reasons[vids.start + i],
+                num_frames=int(cols["num_frames"][i]),
+                decoded_frames=int(cols["decoded_frames"][i]),
+                fps=float(cols["fps"][i]),
+                height=int(cols["height"][i]),
+                width=int(cols["width"][i]),
+            )
+            for i in range(len(vids))
+        ]
+        rows = slice(vids.start * k, vids.stop * k)
+        dst.write_shard(s, emb, src.group["crops/boxes"][rows], src.group["crops/flip"][rows], metas)
+    return Path(out)
+
+
+def default_view_config(map_thw: Sequence[int], **given: Any) -> ViewConfig:
+    """A ViewConfig with the paper's defaults replaced by `given` (None values ignored), checked against
+    the map: a map too small for the defaults is refused with a message that names the options."""
+    cfg = replace(ViewConfig(), **{k: v for k, v in given.items() if v is not None})
+    cfg.check(map_thw)
+    return cfg
+
+
+__all__ = [
+    "HEAD_FORMAT",
+    "MODE_NAME",
+    "HeadConfig",
+    "PairMaps",
+    "SticaConfig",
+    "SticaResult",
+    "TemporalHead",
+    "View",
+    "ViewConfig",
+    "default_view_config",
+    "embed_maps",
+    "export_embeddings",
+    "feature_crop",
+    "is_stica_checkpoint",
+    "load_head",
+    "n_loss_terms",
+    "pair_mask",
+    "sample_views",
+    "train_stica",
+    "train_step",
+    "video_embeddings",
+    "within_video_loss",
+]
