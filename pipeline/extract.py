@@ -27,6 +27,7 @@ import torch
 import vcache
 from vcache.backbones import VideoBackbone, describe
 from vcache.crops import CropSettings
+from vcache.devices import resolve_device
 from vcache.lock import StoreLock, new_run_id
 from vcache.store import (
     DONE,
@@ -81,17 +82,6 @@ class ExtractReport:
     failures: list[tuple[str, str]] = field(default_factory=list)  # (path, reason) of this run's failures
     timings: dict[str, float] = field(default_factory=dict)
     exit_code: int = EXIT_OK
-
-
-def resolve_device(device: str) -> torch.device:
-    """auto: CUDA when there is one. Under torchrun, "auto" and "cuda" mean this rank's GPU (LOCAL_RANK)."""
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError("--device cuda asked for, but torch sees no CUDA device")
-    if device == "cuda" and "LOCAL_RANK" in os.environ:
-        device = f"cuda:{int(os.environ['LOCAL_RANK']) % torch.cuda.device_count()}"
-    return torch.device(device)
 
 
 def dist_rank_world() -> tuple[int, int]:

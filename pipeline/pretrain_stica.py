@@ -141,7 +141,7 @@ def pretrain_stica(
 ) -> PretrainResult:
     """Pretrain `cfg.backbone` with STiCA on the videos of `manifest`; write `out` after every epoch
     (and at the end of a run cut short by `max_steps`). Returns the run's summary."""
-    from vcache.extract import resolve_device
+    from vcache.devices import resolve_device
 
     t_start = time.perf_counter()
     out = Path(out)

@@ -31,6 +31,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from vcache.devices import resolve_device
 from vcache.knn import center_normalize, knn_classify, retrieval_recall, video_vectors
 from vcache.scale import (
     ScaleAggregator,
@@ -38,7 +39,6 @@ from vcache.scale import (
     check_compatible,
     encode_videos,
     load_aggregator,
-    resolve_device,
     store_provenance,
 )
 from vcache.store import Cache, StoreError, load_cache

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from vcache.devices import resolve_device
 from vcache.losses import mcm_loss, set_loss
 from vcache.store import Cache, StoreError
 
@@ -62,14 +63,6 @@ def check_compatible(
             raise StoreError(
                 f"{a_name} and {b_name} were made with different backbones: {key} {ka[key]!r} != {kb[key]!r}"
             )
-
-
-def resolve_device(device: str = "auto") -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda asked for, but torch sees no CUDA device")
-    return torch.device(device)
 
 
 # -- model ----------------------------------------------------------------------------------------------

@@ -35,7 +35,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from vcache.scale import _atomic_save, check_compatible, resolve_device, store_provenance
+from vcache.devices import resolve_device
+from vcache.scale import _atomic_save, check_compatible, store_provenance
 from vcache.store import DONE, FeatureStore, StoreError, VideoMeta, create_store, open_store
 
 HEAD_FORMAT = "vcache-stica-head-1"

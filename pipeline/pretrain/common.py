@@ -75,7 +75,7 @@ class DistContext:
 
 def init_distributed(device: str = "auto") -> DistContext:
     """One process, or one rank of a ``torchrun`` job (gloo on the CPU, NCCL on CUDA)."""
-    from vcache.extract import resolve_device
+    from vcache.devices import resolve_device
 
     dev = resolve_device(device)
     world = int(os.environ.get("WORLD_SIZE", 1))
