@@ -39,6 +39,7 @@ format: install
 DEMO_TRAIN ?= 300
 DEMO_TEST  ?= 100
 DEMO_EPOCHS ?= 100
+DEMO_FT_EPOCHS ?= 40
 BACKBONE   ?= r3d_18_narrow
 VC := $(BIN)/vcache
 demo: install
@@ -54,11 +55,24 @@ demo: install
 	$(VC) probe knn $(DEMO)/train_eval.zarr $(DEMO)/test_eval.zarr --out $(DEMO)/results
 	$(VC) probe linear $(DEMO)/train_eval.zarr $(DEMO)/test_eval.zarr --out $(DEMO)/results
 	$(VC) probe mlp $(DEMO)/train_eval.zarr $(DEMO)/test_eval.zarr --out $(DEMO)/results
-	$(VC) probe transformer $(DEMO)/train_eval.zarr $(DEMO)/test_eval.zarr --out $(DEMO)/results
+	$(VC) probe transformer $(DEMO)/train_eval.zarr $(DEMO)/test_eval.zarr --epochs $(DEMO_FT_EPOCHS) --out $(DEMO)/results
 	$(VC) probe knn $(DEMO)/train_eval.zarr $(DEMO)/test_eval.zarr --aggregator $(DEMO)/scale.pt --out $(DEMO)/results
 	$(VC) probe linear $(DEMO)/train_eval.zarr $(DEMO)/test_eval.zarr --aggregator $(DEMO)/scale.pt --out $(DEMO)/results
-	$(VC) probe transformer $(DEMO)/train_eval.zarr $(DEMO)/test_eval.zarr --aggregator $(DEMO)/scale.pt --out $(DEMO)/results
+	$(VC) probe transformer $(DEMO)/train_eval.zarr $(DEMO)/test_eval.zarr --aggregator $(DEMO)/scale.pt \
+	  --epochs $(DEMO_FT_EPOCHS) --out $(DEMO)/results
 	$(VC) results $(DEMO)/results --markdown $(DEMO)/results.md
+
+# The papers' tables at this machine's scale, beside the papers' numbers (docs/tables.md).
+# QUICK=1: the ~2-minute version (results/quick/). DATA=/path/to/UCF-101 SPLITS=/path/to/ucfTrainTestlist:
+# a local copy instead of the synthetic set (FORMAT=hmdb51 for HMDB-51). Reruns redo only what changed.
+QUICK  ?=
+DATA   ?=
+SPLITS ?=
+FORMAT ?= ucf101
+TABLES_OUT ?= $(if $(filter 1,$(QUICK)),results/quick,results)
+reproduce-tables: install
+	$(VC) reproduce-tables --out $(TABLES_OUT) $(if $(filter 1,$(QUICK)),--quick) \
+	  $(if $(DATA),--data $(DATA) --splits $(SPLITS) --format $(FORMAT))
 
 bench: install
 	$(BIN)/python benchmarks/bench_extract.py
