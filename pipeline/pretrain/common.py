@@ -443,3 +443,33 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
 def finite_or_raise(loss: Tensor, step: int) -> None:
     if not math.isfinite(float(loss.detach())):
         raise FloatingPointError(f"loss is {float(loss)} at step {step}: lower the learning rate")
+
+
+def finish_run(
+    ctx: DistContext,
+    method: str,
+    out: Path,
+    backbone: nn.Module,
+    cfg: Any,
+    losses: list[float],
+    total: int,
+    clips_per_s: float,
+    final_state: dict,
+    **extra: Any,
+) -> dict:
+    """Summarise a pretraining run; rank 0 writes the final resumable state and the backbone checkpoint."""
+    from vcache.backbones import save_checkpoint
+
+    summary = {
+        "method": method,
+        "steps": total,
+        "final_loss": losses[-1] if losses else None,
+        "first_loss": losses[0] if losses else None,
+        "clips_per_s": clips_per_s,
+    }
+    if ctx.is_main:
+        save_state(state_path(out), final_state)
+        save_checkpoint(
+            out, backbone, {"pretrain": {**summary, **extra, "config": cfg.to_dict(), "losses": losses}}
+        )
+    return summary

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from vcache.backbones import VideoBackbone, build_backbone, save_checkpoint
+from vcache.backbones import VideoBackbone, build_backbone
 from vcache.losses_ssl import info_nce
 from vcache.pretrain.augment import AugSettings, cvrl_settings, draw_aug
 from vcache.pretrain.common import (
@@ -31,6 +31,7 @@ from vcache.pretrain.common import (
     all_gather_grad,
     convert_batchnorm,
     cosine_schedule,
+    finish_run,
     finite_or_raise,
     load_state,
     make_loader,
@@ -281,16 +282,4 @@ def train_cvrl(
             if ctx.is_main and cfg.save_every and (step + 1) % cfg.save_every == 0 and step + 1 < total:
                 save_state(spath, state(step + 1))
         clips_per_s = bar.clips_per_s
-    summary = {
-        "method": "cvrl",
-        "steps": total,
-        "final_loss": losses[-1] if losses else None,
-        "first_loss": losses[0] if losses else None,
-        "clips_per_s": clips_per_s,
-    }
-    if ctx.is_main:
-        save_state(spath, state(total))
-        save_checkpoint(
-            out, model.backbone, {"pretrain": {**summary, "config": cfg.to_dict(), "losses": losses}}
-        )
-    return summary
+    return finish_run(ctx, "cvrl", out, model.backbone, cfg, losses, total, clips_per_s, state(total))

@@ -32,7 +32,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from vcache.backbones import VideoBackbone, build_backbone, save_checkpoint
+from vcache.backbones import VideoBackbone, build_backbone
 from vcache.losses_ssl import dino_loss, ema_update, svt_pairs, update_center
 from vcache.pretrain.augment import dino_settings, draw_aug
 from vcache.pretrain.common import (
@@ -42,6 +42,7 @@ from vcache.pretrain.common import (
     TrainProgress,
     ViewPlan,
     cosine_schedule,
+    finish_run,
     finite_or_raise,
     load_state,
     make_loader,
@@ -329,18 +330,6 @@ def train_svt(
             if ctx.is_main and cfg.save_every and (step + 1) % cfg.save_every == 0 and step + 1 < total:
                 save_state(spath, state(step + 1))
         clips_per_s = bar.clips_per_s
-    summary = {
-        "method": "svt",
-        "steps": total,
-        "final_loss": losses[-1] if losses else None,
-        "first_loss": losses[0] if losses else None,
-        "clips_per_s": clips_per_s,
-    }
-    if ctx.is_main:
-        save_state(spath, state(total))
-        save_checkpoint(
-            out,
-            teacher.backbone,
-            {"pretrain": {**summary, "weights": "teacher", "config": cfg.to_dict(), "losses": losses}},
-        )
-    return summary
+    return finish_run(
+        ctx, "svt", out, teacher.backbone, cfg, losses, total, clips_per_s, state(total), weights="teacher"
+    )
