@@ -5,6 +5,7 @@ The commands parse options and call vcache.scale / vcache.probes; torch and fais
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -47,19 +48,35 @@ def scale_cmd(
     seed: int = typer.Option(0, help="Seed of the initialisation and of the crop-set sampling."),
     resume: bool = typer.Option(False, "--resume", help="Continue from the checkpoint at --out."),
     device: str = typer.Option("auto", help=DEVICE_HELP),
+    memory_gb: float | None = typer.Option(
+        None,
+        help="Load the store whole when its features fit in this many GB, else stream it a group of shards "
+        "at a time [default: half of the available memory].",
+    ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
     """Train SCALE (masked clip modelling + SET loss) on cached clip features."""
     _check_device(device)
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from vcache.scale import ScaleConfig, train_scale
-    from vcache.store import StoreError, load_cache
+    from vcache.scale import ScaleConfig, ShardStream, train_scale
+    from vcache.store import StoreError, cache_nbytes, load_cache
 
     if out.exists() and not resume:
         fail(f"{out} exists: pass --resume to continue it, or choose another --out")
+    budget = (
+        memory_gb * 1e9 if memory_gb else 0.5 * os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    )
     try:
-        cache = load_cache(train_store)
+        if cache_nbytes(train_store) <= budget:
+            cache = load_cache(train_store)
+            n_videos, feature_dim = len(cache.labels), cache.features.shape[-1]
+        else:
+            cache = ShardStream(train_store, budget)
+            n_videos, feature_dim = cache.n_videos, cache.feature_dim
+            console.print(
+                f"streaming {train_store}: {len(cache.groups)} groups of shards within {budget / 1e9:.1f} GB"
+            )
     except StoreError as e:
         fail(str(e))
     mode = (cache.attrs.get("sampling") or {}).get("mode")
@@ -68,7 +85,7 @@ def scale_cmd(
             f"[yellow]warning:[/] {train_store} is a {mode!r}-mode store; SCALE trains on train mode"
         )
     cfg = ScaleConfig(
-        feature_dim=cache.features.shape[-1],
+        feature_dim=feature_dim,
         width=width,
         depth=depth,
         k=k,
@@ -92,7 +109,7 @@ def scale_cmd(
         console=console,
         disable=quiet,
     )
-    steps_per_epoch = -(-len(cache.labels) // min(batch_size, max(1, len(cache.labels))))
+    steps_per_epoch = -(-n_videos // min(batch_size, max(1, n_videos)))
     task = progress.add_task("scale", total=epochs * steps_per_epoch, epoch=0, loss=0.0, rate=0.0)
 
     def on_step(info: dict[str, float]) -> None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -248,8 +248,34 @@ class TrainResult:
     data_share: float = 0.0  # share of step time spent sampling and gathering the batch
 
 
+class ShardStream:
+    """A train store too large for memory, read a group of shards at a time (each group under `max_bytes`).
+
+    Every epoch visits the groups in an order drawn from (seed, epoch) and shuffles videos within a group,
+    so a batch's negatives come from one group (consecutive shards: a random slice of the videos).
+    """
+
+    def __init__(self, path: str | Path, max_bytes: float):
+        from vcache.store import open_store
+
+        st = open_store(path)
+        self.path, self.attrs = Path(path), st.attrs
+        per_shard = st.videos_per_shard * st.crops_per_video * (st.feature_dim + 6) * 4
+        size = max(1, int(max_bytes // max(1, per_shard)))
+        self.groups = [list(range(i, min(st.n_shards, i + size))) for i in range(0, st.n_shards, size)]
+        self.n_videos = int((st.status() == 1).sum())
+        self.crops_per_video, self.feature_dim = st.crops_per_video, st.feature_dim
+
+    def blocks(self, epoch: int, seed: int) -> Iterator[Cache]:
+        from vcache.store import load_cache
+
+        order = np.random.default_rng([seed, epoch]).permutation(len(self.groups))
+        for g in order:
+            yield load_cache(self.path, shards=self.groups[g])
+
+
 def train_scale(
-    cache: Cache,
+    cache: Cache | ShardStream,
     cfg: ScaleConfig,
     out: str | Path,
     *,
@@ -259,16 +285,20 @@ def train_scale(
     progress: Callable[[dict[str, float]], None] | None = None,
     max_steps: int | None = None,
 ) -> TrainResult:
-    """Train SCALE on a loaded cache and write a checkpoint to `out` after every epoch.
+    """Train SCALE on a loaded cache (or a ShardStream) and write a checkpoint to `out` after every epoch.
 
-    The whole cache is moved to the device once; each step samples two disjoint sets of K crops per video
-    and exactly `cfg.n_masked()` masks per set. Sampling uses a generator seeded from (seed, epoch), so a
-    run resumed from an epoch's checkpoint gives exactly the weights of an uninterrupted run.
+    A loaded cache is moved to the device once (a stream, a group of shards at a time); each step samples
+    two disjoint sets of K crops per video and exactly `cfg.n_masked()` masks per set. Sampling uses a
+    generator seeded from (seed, epoch), so a run resumed from an epoch's checkpoint gives exactly the
+    weights of an uninterrupted run.
     `progress` gets a dict (epoch, step, steps, loss, mcm, set, samples_per_s) after every step.
     `max_steps` stops early (benchmarks); the checkpoint then holds the last completed epoch only.
     """
     out = Path(out)
-    n, n_crops, d = cache.features.shape
+    if isinstance(cache, ShardStream):
+        n, n_crops, d = cache.n_videos, cache.crops_per_video, cache.feature_dim
+    else:
+        n, n_crops, d = cache.features.shape
     if d != cfg.feature_dim:
         raise StoreError(f"store feature dim {d} != config feature dim {cfg.feature_dim}")
     if 2 * cfg.k > n_crops:
@@ -304,8 +334,15 @@ def train_scale(
         opt.load_state_dict(ckpt["optimizer"])
         start_epoch, history = int(ckpt["epochs_done"]), list(ckpt["history"])
 
-    feats = torch.as_tensor(cache.features, device=dev)
-    boxes = torch.as_tensor(cache.boxes, device=dev)
+    def blocks(epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        if isinstance(cache, ShardStream):
+            for c in cache.blocks(epoch, cfg.seed):
+                yield torch.as_tensor(c.features, device=dev), torch.as_tensor(c.boxes, device=dev)
+        else:
+            yield whole
+
+    if not isinstance(cache, ShardStream):
+        whole = (torch.as_tensor(cache.features, device=dev), torch.as_tensor(cache.boxes, device=dev))
     bsz = min(cfg.batch_size, n)
     steps = math.ceil(n / bsz)
     n_masked = cfg.n_masked()
@@ -314,47 +351,53 @@ def train_scale(
     model.train()
     for epoch in range(start_epoch, cfg.epochs):
         gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch)
-        order = torch.randperm(n, generator=gen)
-        idx1, idx2, m1, m2 = sample_sets(n, n_crops, cfg.k, n_masked, gen)
         sums = {"total": 0.0, "mcm": 0.0, "set": 0.0}
-        for s in range(steps):
-            t0 = time.perf_counter()
-            vids = order[s * bsz : (s + 1) * bsz]
-            if len(vids) < 2:  # a lone video has no negatives for SET
-                continue
-            vd = vids.to(dev)
-            f_all, b_all = feats[vd], boxes[vd]
-            i1, i2 = idx1[vids].to(dev), idx2[vids].to(dev)
-            batch_f = (_gather(f_all, i1), _gather(f_all, i2))
-            batch_b = (_gather(b_all, i1), _gather(b_all, i2))
-            batch_m = (m1[vids].to(dev), m2[vids].to(dev))
-            if dev.type == "cuda":
-                torch.cuda.synchronize()
-            t1 = time.perf_counter()
-            losses = model.losses(batch_f, batch_b, batch_m)
-            opt.zero_grad(set_to_none=True)
-            losses["total"].backward()
-            opt.step()
-            vals = {k: float(v.detach()) for k, v in losses.items()}  # float() syncs the device
-            t2 = time.perf_counter()
-            t_data += t1 - t0
-            t_total += t2 - t0
-            seen += len(vids)
-            for key in sums:
-                sums[key] += vals[key] * len(vids)
-            done_steps += 1
-            if progress is not None:
-                progress(
-                    {
-                        "epoch": epoch,
-                        "step": s,
-                        "steps": steps,
-                        "loss": vals["total"],
-                        "mcm": vals["mcm"],
-                        "set": vals["set"],
-                        "samples_per_s": seen / max(t_total, 1e-9),
-                    }
-                )
+        s = 0
+        for feats, boxes in blocks(epoch):
+            nb = len(feats)
+            order = torch.randperm(nb, generator=gen)
+            idx1, idx2, m1, m2 = sample_sets(nb, n_crops, cfg.k, n_masked, gen)
+            for first in range(0, nb, bsz):
+                t0 = time.perf_counter()
+                vids = order[first : first + bsz]
+                if len(vids) < 2:  # a lone video has no negatives for SET
+                    continue
+                vd = vids.to(dev)
+                f_all, b_all = feats[vd], boxes[vd]
+                i1, i2 = idx1[vids].to(dev), idx2[vids].to(dev)
+                batch_f = (_gather(f_all, i1), _gather(f_all, i2))
+                batch_b = (_gather(b_all, i1), _gather(b_all, i2))
+                batch_m = (m1[vids].to(dev), m2[vids].to(dev))
+                if dev.type == "cuda":
+                    torch.cuda.synchronize()
+                t1 = time.perf_counter()
+                losses = model.losses(batch_f, batch_b, batch_m)
+                opt.zero_grad(set_to_none=True)
+                losses["total"].backward()
+                opt.step()
+                vals = {k: float(v.detach()) for k, v in losses.items()}  # float() syncs the device
+                t2 = time.perf_counter()
+                t_data += t1 - t0
+                t_total += t2 - t0
+                seen += len(vids)
+                for key in sums:
+                    sums[key] += vals[key] * len(vids)
+                done_steps += 1
+                s += 1
+                if progress is not None:
+                    progress(
+                        {
+                            "epoch": epoch,
+                            "step": s - 1,
+                            "steps": steps,
+                            "loss": vals["total"],
+                            "mcm": vals["mcm"],
+                            "set": vals["set"],
+                            "samples_per_s": seen / max(t_total, 1e-9),
+                        }
+                    )
+                if max_steps is not None and done_steps >= max_steps:
+                    break
             if max_steps is not None and done_steps >= max_steps:
                 break
         if max_steps is not None and done_steps >= max_steps:

@@ -117,3 +117,26 @@ def test_incompatible_backbones_are_refused():
     other_pre["preprocessing"] = {**other_pre["preprocessing"], "size": 112}
     with pytest.raises(StoreError, match="preprocessing"):
         check_compatible(a, {"backbone": other_pre, "feature_dim": 16})
+
+
+def test_a_store_too_large_for_memory_streams_by_shard(train_cache, tmp_path):
+    """A ShardStream with room for every shard trains exactly as the loaded cache; a small budget streams
+    groups of shards (16 videos a shard here) and still trains."""
+    from vcache.scale import ShardStream
+
+    path, cache = train_cache
+    cfg = ScaleConfig(feature_dim=16, epochs=2, **TINY)
+    loaded = train_scale(cache, cfg, tmp_path / "a.pt", device="cpu")
+    whole = ShardStream(path, max_bytes=1e9)
+    assert len(whole.groups) == 1
+    streamed = train_scale(whole, cfg, tmp_path / "b.pt", device="cpu")
+    a, b = load_checkpoint(tmp_path / "a.pt"), load_checkpoint(tmp_path / "b.pt")
+    for key in a["model"]:
+        assert torch.allclose(a["model"][key], b["model"][key], atol=1e-6), key
+    assert [h["total"] for h in loaded.history] == pytest.approx([h["total"] for h in streamed.history])
+    small = ShardStream(
+        path, max_bytes=16 * 16 * 22 * 4
+    )  # one shard of 16 videos x 16 crops x (16 + 6) floats
+    assert len(small.groups) == 2
+    res = train_scale(small, cfg, tmp_path / "c.pt", device="cpu")
+    assert res.epochs_done == 2 and all(torch.isfinite(torch.tensor(h["total"])) for h in res.history)
