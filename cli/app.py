@@ -17,7 +17,7 @@ app = typer.Typer(
 )
 
 # Command modules: each import registers its commands on `app`.
-from vcache.cli import extract, pretrain, stage2, stica, synth  # noqa: E402,F401
+from vcache.cli import extract, pretrain, stage2, stica, synth, tables  # noqa: E402,F401
 
 
 def main() -> None:

@@ -1,0 +1,34 @@
+"""`vcache reproduce-tables`: rebuild the papers' tables at this machine's scale (see docs/tables.md)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from vcache.cli.app import app
+
+
+@app.command("reproduce-tables")
+def reproduce_tables_cmd(
+    out: Path = typer.Option(Path("results"), help="Folder for tables.md and the PNG figures."),
+    work: Path | None = typer.Option(
+        None, help="Folder for data, checkpoints, stores, probe results [OUT/work]."
+    ),
+    quick: bool = typer.Option(False, help="The tiny QUICK budget (about 2 minutes; what the test runs)."),
+    data: Path | None = typer.Option(
+        None, help="A local UCF-101 / HMDB-51 video folder instead of `vcache synth`."
+    ),
+    splits: Path | None = typer.Option(
+        None, help="Its train/test lists (ucfTrainTestlist or testTrainMulti)."
+    ),
+    format: str = typer.Option("ucf101", "--format", help="ucf101 or hmdb51 (with --data)."),
+    executor: str | None = typer.Option(
+        None, help="inprocess (default: one process, torch imported once) or subprocess (one per step)."
+    ),
+) -> None:
+    """Run synth -> pretrain -> extract -> train-aggregator -> probe through the CLI, cached, and write
+    the papers' tables beside ours. A rerun redoes only the steps whose command line or inputs changed."""
+    from vcache.tables import reproduce
+
+    reproduce(quick=quick, out=out, work=work, data=data, splits=splits, fmt_=format, executor=executor)

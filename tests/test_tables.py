@@ -1,0 +1,106 @@
+"""`vcache reproduce-tables --quick` end to end through the real CLI, and the step cache of the driver.
+
+Checks that the files exist and that every cell of ours holds a number, not what the numbers are.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from vcache.tables import Plan, Step, run_plan
+
+NUMBER = re.compile(r"^-?\d+(\.\d+)?( ± \d+(\.\d+)?)?$")
+
+
+def _vcache(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "vcache.cli", *args], capture_output=True, text=True, timeout=600
+    )
+
+
+def _tables(md: str) -> list[list[list[str]]]:
+    """Every markdown table as rows of cells (the header row first, the --- row dropped)."""
+    tables, cur = [], []
+    for line in md.splitlines() + [""]:
+        if line.startswith("|"):
+            if not set(line) <= set("|-"):
+                cur.append([c.strip() for c in line.strip().strip("|").split("|")])
+        elif cur:
+            tables.append(cur)
+            cur = []
+    return tables
+
+
+def test_quick_tables_end_to_end(tmp_path: Path) -> None:
+    out = tmp_path / "results"
+    r = _vcache("reproduce-tables", "--quick", "--out", str(out))
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    md = (out / "tables.md").read_text()
+    for name in (
+        "Tables 4 / 5",
+        "Table 8",
+        "Table 9",
+        "Table 10",
+        "Table 11",
+        "Table 1:",
+        "CVRL",
+        "SVT",
+        "1b",
+    ):
+        assert name in md
+    tables = _tables(md)
+    assert len(tables) >= 9
+    n_cells = 0
+    for t in tables:
+        head = t[0]
+        ours = [i for i, h in enumerate(head) if i > 0 and not h.startswith("paper")]
+        for row in t[1:]:
+            assert len(row) == len(head), row
+            for i in ours:
+                assert NUMBER.match(row[i]), f"not a number: {row[i]!r} in column {head[i]!r} of {row}"
+                n_cells += 1
+    assert n_cells >= 50
+    for png in ("scale_table8_losses", "scale_table9_mask", "scale_table10_capacity", "scale_table11_views"):
+        data = (out / f"{png}.png").read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 2000
+    orderings = json.loads((out / "orderings.json").read_text())
+    assert orderings and all(v in (True, False) for v in orderings.values())
+
+    # A rerun finds every step cached and only renders again.
+    r = _vcache("reproduce-tables", "--quick", "--out", str(out))
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert re.search(r"\b0 of \d+ steps run", r.stdout), r.stdout[-2000:]
+    shutil.rmtree(out / "work")  # ~0.5 GB of stores and checkpoints; pytest keeps its last temp folders
+
+
+def _synth(out: Path, seed: int) -> list[str]:
+    return ["synth", str(out), "--train", "2", "--test", "1", "--task", "appearance", "--frames", "8"] + [
+        "--size", "32", "--seed", str(seed), "--overwrite", "-q"
+    ]  # fmt: skip
+
+
+def test_changed_step_reruns_it_and_what_depends_on_it(tmp_path: Path) -> None:
+    def plan(seed_a: int, seed_c: int) -> Plan:
+        p = Plan()
+        p.add(Step("a", _synth(tmp_path / "a", seed_a), [tmp_path / "a" / "classes.json"]))
+        p.add(Step("b", _synth(tmp_path / "b", 0), [tmp_path / "b" / "classes.json"], deps=["a"]))
+        p.add(Step("c", _synth(tmp_path / "c", seed_c), [tmp_path / "c" / "classes.json"]))
+        return p
+
+    said: list[str] = []
+    run_plan(plan(0, 0), tmp_path / "work", echo=said.append)
+    assert said[-1].startswith("3 of 3 steps run")
+    run_plan(plan(0, 0), tmp_path / "work", echo=said.append)
+    assert said[-1].startswith("0 of 3 steps run")
+    said.clear()
+    run_plan(plan(1, 0), tmp_path / "work", echo=said.append)  # a changed: a and b (downstream) rerun, not c
+    assert said[-1].startswith("2 of 3 steps run")
+    assert [s.split("] ")[1].split()[1] for s in said[:-1]] == ["synth", "synth"]
+    (tmp_path / "c" / "classes.json").unlink()  # an output gone: that step reruns
+    run_plan(plan(1, 0), tmp_path / "work", echo=said.append)
+    assert said[-1].startswith("1 of 3 steps run")
