@@ -76,6 +76,7 @@ reproduce-tables: install
 
 bench: install
 	$(BIN)/python benchmarks/bench_extract.py
+	$(BIN)/python benchmarks/bench_scaling.py
 
 clean:
 	rm -rf $(DEMO) .pytest_cache
