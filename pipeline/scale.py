@@ -217,13 +217,14 @@ def _atomic_save(obj: Any, path: Path) -> None:
     os.replace(tmp, path)  # a kill never leaves a half-written checkpoint
 
 
-def load_checkpoint(path: str | Path) -> dict[str, Any]:
+def load_checkpoint(path: str | Path, fmt: str = CKPT_FORMAT, what: str = "SCALE") -> dict[str, Any]:
+    """A stage-2 checkpoint dict whose "format" is `fmt` (SCALE aggregators; STiCA heads pass theirs)."""
     p = Path(path)
-    if not p.exists():
+    if not p.is_file():
         raise FileNotFoundError(f"{p}: no such checkpoint")
     ckpt = torch.load(p, map_location="cpu", weights_only=False)
-    if not isinstance(ckpt, dict) or ckpt.get("format") != CKPT_FORMAT:
-        raise StoreError(f"{p}: not a vcache SCALE checkpoint")
+    if not isinstance(ckpt, dict) or ckpt.get("format") != fmt:
+        raise StoreError(f"{p}: not a vcache {what} checkpoint")
     return ckpt
 
 

@@ -35,6 +35,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from vcache import scale
 from vcache.devices import resolve_device
 from vcache.scale import _atomic_save, check_compatible, store_provenance
 from vcache.store import DONE, FeatureStore, StoreError, VideoMeta, create_store, open_store
@@ -553,13 +554,7 @@ def train_stica(
 
 # -- checkpoints and embeddings -------------------------------------------------------------------------
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    p = Path(path)
-    if not p.is_file():
-        raise FileNotFoundError(f"{p}: no such checkpoint")
-    ckpt = torch.load(p, map_location="cpu", weights_only=False)
-    if not isinstance(ckpt, dict) or ckpt.get("format") != HEAD_FORMAT:
-        raise StoreError(f"{p}: not a vcache STiCA head checkpoint")
-    return ckpt
+    return scale.load_checkpoint(path, HEAD_FORMAT, "STiCA head")
 
 
 def is_stica_checkpoint(path: str | Path) -> bool:
