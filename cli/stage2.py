@@ -6,6 +6,7 @@ The commands parse options and call vcache.scale / vcache.probes; torch and fais
 from __future__ import annotations
 
 import os
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -178,8 +179,7 @@ def _classifier(
     _check_device(device)
     if low_shot is not None and not 0 < low_shot <= 1:
         raise typer.BadParameter("--low-shot: a fraction in (0, 1]")
-    from vcache.probes import ProbeSettings, load_pair, run_probe, write_results
-    from vcache.store import StoreError
+    from vcache.probes import ProbeSettings, run_probe
 
     settings = ProbeSettings(
         bn=bn,
@@ -191,11 +191,19 @@ def _classifier(
         device=device,
         **extra,
     )
+    _run(train_store, test_store, out, aggregator, partial(run_probe, kind), settings)
+
+
+def _run(train_store: Path, test_store: Path, out: Path, aggregator: Path | None, runner, settings) -> None:
+    """Load the two stores (refusing incompatible ones), run the probe, show and write its results."""
+    from vcache.probes import load_pair, write_results
+    from vcache.store import StoreError
+
     if aggregator is not None and not aggregator.is_file():
         fail(f"aggregator checkpoint not found: {aggregator}")
     try:
         train, test = load_pair(train_store, test_store)
-        result = run_probe(kind, train, test, settings, aggregator, train_store, test_store)
+        result = runner(train, test, settings, aggregator, train_store, test_store)
     except (StoreError, ValueError) as e:
         fail(str(e))
     _show(result, write_results(result, out))
@@ -302,9 +310,9 @@ def transformer_cmd(
 
 @probe_app.command("knn")
 def knn_cmd(
-    train_store: Path = typer.Argument(...),
-    test_store: Path = typer.Argument(...),
-    out: Path = typer.Option(..., "--out", "-o"),
+    train_store: Path = typer.Argument(..., help="Store of the train split: the neighbours (eval mode)."),
+    test_store: Path = typer.Argument(..., help="Eval-mode store of the test split: the queries."),
+    out: Path = typer.Option(..., "--out", "-o", help="Folder for knn.json and knn_predictions.csv."),
     aggregator: Path | None = typer.Option(None, help=AGG_HELP),
     k: int = typer.Option(20, "--k", help="Neighbours (DINO / SCALE: 20)."),
     temperature: float = typer.Option(0.07, help="Vote temperature (DINO: 0.07)."),
@@ -314,16 +322,17 @@ def knn_cmd(
     pool: str = typer.Option(
         "mean", help="Retrieval pooling over clips: mean or max (STiCA: max over a 10x1 eval store)."
     ),
-    low_shot: float | None = typer.Option(None),
-    seed: int = typer.Option(0),
+    low_shot: float | None = typer.Option(
+        None, help="Use a class-balanced fraction of the train videos as neighbours [default: all]."
+    ),
+    seed: int = typer.Option(0, help="Seed of the low-shot draw."),
     device: str = typer.Option("auto", help=DEVICE_HELP),
 ) -> None:
     """DINO-style weighted k-NN on video vectors (mean of clips, minus train mean, L2-normalised)."""
     _check_device(device)
     if pool not in ("mean", "max"):
         raise typer.BadParameter(f"--pool {pool!r}: choose mean or max")
-    from vcache.probes import ProbeSettings, load_pair, run_knn, write_results
-    from vcache.store import StoreError
+    from vcache.probes import ProbeSettings, run_knn
 
     s = ProbeSettings(
         k=k,
@@ -334,11 +343,4 @@ def knn_cmd(
         seed=seed,
         device=device,
     )
-    if aggregator is not None and not aggregator.is_file():
-        fail(f"aggregator checkpoint not found: {aggregator}")
-    try:
-        train, test = load_pair(train_store, test_store)
-        result = run_knn(train, test, s, aggregator, train_store, test_store)
-    except (StoreError, ValueError) as e:
-        fail(str(e))
-    _show(result, write_results(result, out))
+    _run(train_store, test_store, out, aggregator, run_knn, s)
