@@ -29,6 +29,8 @@ FMT = typer.Option(
     help="folder (every video under VIDEOS, recursively), csv, ucf101, hmdb51, kinetics, ssv2.",
 )
 ANN = typer.Option(None, "--annotations", help="Annotation file / folder for formats other than folder.")
+SPLIT = typer.Option(1, help="Official split number (UCF-101 / HMDB-51).")
+SUBSET = typer.Option("train", help="Which part of the split to pretrain on.")
 PRESET = typer.Option(
     "cpu", help="cpu (minutes on a CPU) or paper (the paper's scale); options below override it."
 )
@@ -91,8 +93,8 @@ def cvrl_cmd(
     out: Path = OUT,
     fmt: str = FMT,
     annotations: Path | None = ANN,
-    split: int = typer.Option(1, help="Official split number (UCF-101 / HMDB-51)."),
-    subset: str = typer.Option("train", help="Which part of the split to pretrain on."),
+    split: int = SPLIT,
+    subset: str = SUBSET,
     preset: str = PRESET,
     backbone: str | None = typer.Option(
         None, help="Registry backbone [cpu: cvrl_r3d_narrow, paper: cvrl_r3d_50]."
@@ -161,8 +163,8 @@ def svt_cmd(
     out: Path = OUT,
     fmt: str = FMT,
     annotations: Path | None = ANN,
-    split: int = typer.Option(1, help="Official split number (UCF-101 / HMDB-51)."),
-    subset: str = typer.Option("train", help="Which part of the split to pretrain on."),
+    split: int = SPLIT,
+    subset: str = SUBSET,
     preset: str = PRESET,
     backbone: str | None = typer.Option(
         None, help="Registry ViT [cpu: vit_video_tiny, paper: vit_video_small]."

@@ -13,7 +13,7 @@ import typer
 
 from vcache.cli.app import app
 from vcache.cli.common import console, fail
-from vcache.cli.pretrain import pretrain_app
+from vcache.cli.pretrain import SPLIT, SUBSET, pretrain_app
 from vcache.cli.stage2 import DEVICE_HELP, _check_device, train_app
 
 SIZE_HELP = "for R(2+1)D-18's 4 x 7 x 7 map; smaller maps need smaller sizes"
@@ -183,8 +183,8 @@ def pretrain_stica_cmd(
     out: Path = typer.Option(..., "--out", "-o", help="Backbone checkpoint to write (vcache format)."),
     fmt: str = typer.Option("folder", "--format", help="Manifest format, as in `vcache extract`."),
     annotations: Path | None = typer.Option(None, "--annotations", help="As in `vcache extract`."),
-    split: int = typer.Option(1, help="Official split number (UCF-101 / HMDB-51)."),
-    subset: str = typer.Option("train", help="Which part of the split."),
+    split: int = SPLIT,
+    subset: str = SUBSET,
     backbone: str = typer.Option("r2plus1d_18", help="Registry name of the trunk (paper: R(2+1)D-18)."),
     clip_frames: int = typer.Option(32, help="Frames per clip (32: a 4 x 7 x 7 map at 112 px)."),
     frame_stride: int | None = typer.Option(None, help="Frame step inside a clip [default: the backbone's]."),

@@ -386,12 +386,9 @@ class Builder:
         )
         return name, ckpt
 
-    def store(self, col: Column, kind: str) -> tuple[str, Path]:
-        """kind: train16 (train mode, SCALE's cache), train_eval or test_eval (eval layout)."""
-        dep, ckpt = self.pretrain(col)
-        out = self.work / "stores" / col.key / f"{kind}.zarr"
-        subset = "test" if kind == "test_eval" else "train"
-        argv = [
+    def _extract_argv(self, col: Column, subset: str, out: Path) -> list[str]:
+        """The head of every `vcache extract` step: data, subset, backbone, output store."""
+        return [
             "extract",
             *self._data_args(),
             "--subset",
@@ -401,6 +398,13 @@ class Builder:
             "--out",
             str(out),
         ]
+
+    def store(self, col: Column, kind: str) -> tuple[str, Path]:
+        """kind: train16 (train mode, SCALE's cache), train_eval or test_eval (eval layout)."""
+        dep, ckpt = self.pretrain(col)
+        out = self.work / "stores" / col.key / f"{kind}.zarr"
+        subset = "test" if kind == "test_eval" else "train"
+        argv = self._extract_argv(col, subset, out)
         if ckpt is not None:
             argv += ["--checkpoint", str(ckpt)]
         if kind == "train16":
@@ -494,16 +498,7 @@ class Builder:
         kinds["test_maps"] = ("test", eval_mode)
         for kind, (subset, mode) in kinds.items():
             out = self.work / "stores" / col.key / f"{kind}.zarr"
-            argv = [
-                "extract",
-                *self._data_args(),
-                "--subset",
-                subset,
-                "--backbone",
-                col.backbone,
-                "--out",
-                str(out),
-            ]
+            argv = self._extract_argv(col, subset, out)
             argv += [*mode, *clip, "--workers", "0", "-q"]
             stores[kind] = (
                 self.plan.add(Step(f"extract/{col.key}/{kind}", argv, [out], self.data_deps)),
