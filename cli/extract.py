@@ -8,8 +8,8 @@ from pathlib import Path
 
 import typer
 
-from vcache.cli.app import app
 from vcache.cli.common import console, fail
+from vcache.cli.tree import app
 
 
 def _parse_part(part: str | None) -> tuple[int, int] | None:
@@ -108,10 +108,10 @@ def extract_cmd(
     """
     import torch  # heavy: only once the options parsed
 
-    from vcache.backbones import build_backbone
-    from vcache.crops import CropSettings, parse_layout
-    from vcache.datasets import ManifestError, load_manifest
+    from vcache.data.crops import CropSettings, parse_layout
+    from vcache.data.datasets import ManifestError, load_manifest
     from vcache.extract import ExtractOptions, extract
+    from vcache.models import build_backbone
     from vcache.store import StoreError
 
     if mode not in ("train", "eval", "pairs"):
@@ -171,10 +171,10 @@ def extract_cmd(
     from vcache.cli.common import ExtractProgress
 
     if force_unlock:
-        from vcache.lock import force_unlock as unlock
+        from vcache.store.lock import force_unlock as unlock
 
         console.print(f"removed {unlock(out)} lock(s) of {out}")
-    from vcache.lock import StoreLocked
+    from vcache.store.lock import StoreLocked
 
     try:
         with ExtractProgress(quiet=quiet, clips_per_video=settings.k) as prog:
@@ -293,7 +293,7 @@ def results_cmd(
     """Gather the results of `vcache probe` runs into one table (top-1/top-5, per class family)."""
     from rich.table import Table
 
-    from vcache.report import collect, to_markdown
+    from vcache.learn.report import collect, to_markdown
 
     rows = collect(folder)
     if not rows:
@@ -340,7 +340,7 @@ def backbones_cmd() -> None:
     """List the registered backbones with their feature dim and preprocessing defaults."""
     from rich.table import Table
 
-    from vcache.backbones import build_backbone, list_backbones
+    from vcache.models import build_backbone, list_backbones
 
     t = Table(title="backbones (--backbone NAME; or package.module:factory)")
     for col in ("name", "dim", "input", "clip", "stride", "pool", "params"):

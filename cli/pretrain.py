@@ -11,15 +11,9 @@ from typing import Any
 
 import typer
 
-from vcache.cli.app import app
+from vcache.cli import options
 from vcache.cli.common import console, fail
-
-pretrain_app = typer.Typer(
-    help="Self-supervised pretraining of a fresh backbone from your videos; writes a checkpoint that "
-    "`vcache extract --backbone NAME --checkpoint CKPT` loads.",
-    no_args_is_help=True,
-)
-app.add_typer(pretrain_app, name="pretrain")
+from vcache.cli.tree import pretrain_app
 
 VIDEOS = typer.Argument(..., help="Root folder of the videos (labels are not used).")
 OUT = typer.Option(..., "--out", "-o", help="Checkpoint to write (the training state goes to OUT.train).")
@@ -29,8 +23,6 @@ FMT = typer.Option(
     help="folder (every video under VIDEOS, recursively), csv, ucf101, hmdb51, kinetics, ssv2.",
 )
 ANN = typer.Option(None, "--annotations", help="Annotation file / folder for formats other than folder.")
-SPLIT = typer.Option(1, help="Official split number (UCF-101 / HMDB-51).")
-SUBSET = typer.Option("train", help="Which part of the split to pretrain on.")
 PRESET = typer.Option(
     "cpu", help="cpu (minutes on a CPU) or paper (the paper's scale); options below override it."
 )
@@ -53,9 +45,11 @@ def _run(
     """Shared body: list the videos, build the config, start (distributed) training, print a summary."""
     import torch
 
-    from vcache.datasets import ManifestError
+    from vcache.data.datasets import ManifestError
     from vcache.pretrain import get_method
-    from vcache.pretrain.common import init_distributed, list_videos, state_path
+    from vcache.pretrain.data import list_videos
+    from vcache.pretrain.loop import state_path
+    from vcache.runtime.distributed import init_distributed
 
     mod = get_method(method)
     if preset not in mod.PRESETS:
@@ -93,8 +87,8 @@ def cvrl_cmd(
     out: Path = OUT,
     fmt: str = FMT,
     annotations: Path | None = ANN,
-    split: int = SPLIT,
-    subset: str = SUBSET,
+    split: int = options.SPLIT,
+    subset: str = options.SUBSET,
     preset: str = PRESET,
     backbone: str | None = typer.Option(
         None, help="Registry backbone [cpu: cvrl_r3d_narrow, paper: cvrl_r3d_50]."
@@ -163,8 +157,8 @@ def svt_cmd(
     out: Path = OUT,
     fmt: str = FMT,
     annotations: Path | None = ANN,
-    split: int = SPLIT,
-    subset: str = SUBSET,
+    split: int = options.SPLIT,
+    subset: str = options.SUBSET,
     preset: str = PRESET,
     backbone: str | None = typer.Option(
         None, help="Registry ViT [cpu: vit_video_tiny, paper: vit_video_small]."

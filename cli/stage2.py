@@ -1,6 +1,7 @@
 """`vcache train-aggregator scale`, `vcache probe linear|mlp|transformer|knn`: stage 2, from the cache.
 
-The commands parse options and call vcache.scale / vcache.probes; torch and faiss load inside the commands.
+The commands parse options and call vcache.learn.scale / vcache.learn.probes; torch and faiss load inside
+the commands.
 """
 
 from __future__ import annotations
@@ -12,22 +13,9 @@ from typing import Any
 
 import typer
 
-from vcache.cli.app import app
+from vcache.cli import options
 from vcache.cli.common import console, fail
-
-train_app = typer.Typer(help="Train an aggregator on a train-mode store.", no_args_is_help=True)
-probe_app = typer.Typer(
-    help="Probe cached features: train on one store, test on another.", no_args_is_help=True
-)
-app.add_typer(train_app, name="train-aggregator")
-app.add_typer(probe_app, name="probe")
-
-DEVICE_HELP = "auto (CUDA when there is one), cpu or cuda."
-
-
-def _check_device(device: str) -> None:
-    if device not in ("auto", "cpu", "cuda"):
-        raise typer.BadParameter(f"--device {device!r}: choose auto, cpu or cuda")
+from vcache.cli.tree import probe_app, train_app
 
 
 @train_app.command("scale")
@@ -48,7 +36,7 @@ def scale_cmd(
     set_: bool = typer.Option(True, "--set/--no-set", help="SET loss between the two CLS outputs (Table 8)."),
     seed: int = typer.Option(0, help="Seed of the initialisation and of the crop-set sampling."),
     resume: bool = typer.Option(False, "--resume", help="Continue from the checkpoint at --out."),
-    device: str = typer.Option("auto", help=DEVICE_HELP),
+    device: str = typer.Option("auto", help=options.DEVICE_HELP),
     memory_gb: float | None = typer.Option(
         None,
         help="Load the store whole when its features fit in this many GB, else stream it a group of shards "
@@ -57,10 +45,10 @@ def scale_cmd(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
     """Train SCALE (masked clip modelling + SET loss) on cached clip features."""
-    _check_device(device)
+    options.check_device(device)
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from vcache.scale import ScaleConfig, ShardStream, train_scale
+    from vcache.learn.scale import ScaleConfig, ShardStream, train_scale
     from vcache.store import StoreError, cache_nbytes, load_cache
 
     if out.exists() and not resume:
@@ -176,10 +164,10 @@ def _classifier(
     device: str,
     extra: dict[str, Any],
 ) -> None:
-    _check_device(device)
+    options.check_device(device)
     if low_shot is not None and not 0 < low_shot <= 1:
         raise typer.BadParameter("--low-shot: a fraction in (0, 1]")
-    from vcache.probes import ProbeSettings, run_probe
+    from vcache.learn.probes import ProbeSettings, run_probe
 
     settings = ProbeSettings(
         bn=bn,
@@ -196,7 +184,7 @@ def _classifier(
 
 def _run(train_store: Path, test_store: Path, out: Path, aggregator: Path | None, runner, settings) -> None:
     """Load the two stores (refusing incompatible ones), run the probe, show and write its results."""
-    from vcache.probes import load_pair, write_results
+    from vcache.learn.probes import load_pair, write_results
     from vcache.store import StoreError
 
     if aggregator is not None and not aggregator.is_file():
@@ -229,7 +217,7 @@ def linear_cmd(
     wd: str | None = typer.Option(None, help=WD_HELP),
     epochs: int | None = typer.Option(None, help=EPOCHS_HELP),
     seed: int = typer.Option(0),
-    device: str = typer.Option("auto", help=DEVICE_HELP),
+    device: str = typer.Option("auto", help=options.DEVICE_HELP),
 ) -> None:
     """Per-clip linear softmax classifier, softmax averaged over a video's clips (SCALE's Linear)."""
     _classifier(
@@ -249,7 +237,7 @@ def mlp_cmd(
     wd: str | None = typer.Option(None, help=WD_HELP),
     epochs: int | None = typer.Option(None, help=EPOCHS_HELP),
     seed: int = typer.Option(0),
-    device: str = typer.Option("auto", help=DEVICE_HELP),
+    device: str = typer.Option("auto", help=options.DEVICE_HELP),
 ) -> None:
     """An MLP on each clip's feature, softmax averaged over a video's clips (SCALE's MLP baseline)."""
     _classifier(
@@ -287,7 +275,7 @@ def transformer_cmd(
     wd: str | None = typer.Option(None, help=WD_HELP),
     epochs: int | None = typer.Option(None, help=EPOCHS_HELP),
     seed: int = typer.Option(0),
-    device: str = typer.Option("auto", help=DEVICE_HELP),
+    device: str = typer.Option("auto", help=options.DEVICE_HELP),
 ) -> None:
     """The SCALE architecture over all of a video's clips, trained supervised (random init, or SCALE_ft)."""
     extra = {"width": width, "depth": depth}
@@ -326,13 +314,13 @@ def knn_cmd(
         None, help="Use a class-balanced fraction of the train videos as neighbours [default: all]."
     ),
     seed: int = typer.Option(0, help="Seed of the low-shot draw."),
-    device: str = typer.Option("auto", help=DEVICE_HELP),
+    device: str = typer.Option("auto", help=options.DEVICE_HELP),
 ) -> None:
     """DINO-style weighted k-NN on video vectors (mean of clips, minus train mean, L2-normalised)."""
-    _check_device(device)
+    options.check_device(device)
     if pool not in ("mean", "max"):
         raise typer.BadParameter(f"--pool {pool!r}: choose mean or max")
-    from vcache.probes import ProbeSettings, run_knn
+    from vcache.learn.probes import ProbeSettings, run_knn
 
     s = ProbeSettings(
         k=k,

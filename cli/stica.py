@@ -11,10 +11,9 @@ from pathlib import Path
 
 import typer
 
-from vcache.cli.app import app
+from vcache.cli import options
 from vcache.cli.common import console, fail
-from vcache.cli.pretrain import SPLIT, SUBSET, pretrain_app
-from vcache.cli.stage2 import DEVICE_HELP, _check_device, train_app
+from vcache.cli.tree import app, pretrain_app, train_app
 
 SIZE_HELP = "for R(2+1)D-18's 4 x 7 x 7 map; smaller maps need smaller sizes"
 
@@ -57,11 +56,11 @@ def stica_cmd(
     ),
     seed: int = typer.Option(0, help="Seed of the initialisation, pair choice, batch order and crops."),
     resume: bool = typer.Option(False, "--resume", help="Continue from the checkpoint at --out."),
-    device: str = typer.Option("auto", help=DEVICE_HELP),
+    device: str = typer.Option("auto", help=options.DEVICE_HELP),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
     """Head-only STiCA (trunk frozen): feature crops + temporal transformer pooling on cached maps."""
-    _check_device(device)
+    options.check_device(device)
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
     from vcache.stica import MODE_NAME, PairMaps, SticaConfig, default_view_config, train_stica
@@ -151,14 +150,14 @@ def stica_embed_cmd(
     ),
     out: Path = typer.Option(..., "--out", "-o", help="The feature store to write (one embedding per crop)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace --out if it exists."),
-    device: str = typer.Option("auto", help=DEVICE_HELP),
+    device: str = typer.Option("auto", help=options.DEVICE_HELP),
 ) -> None:
     """Embed every crop's map with a trained STiCA head into a feature store for `vcache probe`.
 
     Embed the train and the test store with the same head, then e.g.
     `vcache probe knn TRAIN_EMB TEST_EMB --out results --retrieval` or `vcache probe linear ...`.
     """
-    _check_device(device)
+    options.check_device(device)
     from vcache.stica import MODE_NAME, export_embeddings
     from vcache.store import StoreError
 
@@ -183,8 +182,8 @@ def pretrain_stica_cmd(
     out: Path = typer.Option(..., "--out", "-o", help="Backbone checkpoint to write (vcache format)."),
     fmt: str = typer.Option("folder", "--format", help="Manifest format, as in `vcache extract`."),
     annotations: Path | None = typer.Option(None, "--annotations", help="As in `vcache extract`."),
-    split: int = SPLIT,
-    subset: str = SUBSET,
+    split: int = options.SPLIT,
+    subset: str = options.SUBSET,
     backbone: str = typer.Option("r2plus1d_18", help="Registry name of the trunk (paper: R(2+1)D-18)."),
     clip_frames: int = typer.Option(32, help="Frames per clip (32: a 4 x 7 x 7 map at 112 px)."),
     frame_stride: int | None = typer.Option(None, help="Frame step inside a clip [default: the backbone's]."),
@@ -210,13 +209,13 @@ def pretrain_stica_cmd(
     workers: int = typer.Option(2, help="Decoding processes (0: decode in this process)."),
     seed: int = typer.Option(0, help="Seed of the initialisation, crops and order."),
     resume: bool = typer.Option(False, "--resume", help="Continue from --out and its .state file."),
-    device: str = typer.Option("auto", help=DEVICE_HELP),
+    device: str = typer.Option("auto", help=options.DEVICE_HELP),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress output."),
 ) -> None:
     """End-to-end STiCA (video only): feature crops + temporal transformer with the trunk trainable."""
-    _check_device(device)
-    from vcache.datasets import ManifestError, load_manifest
-    from vcache.pretrain_stica import MODE_NAME, PretrainSticaConfig, pretrain_stica
+    options.check_device(device)
+    from vcache.data.datasets import ManifestError, load_manifest
+    from vcache.pretrain.stica import MODE_NAME, PretrainSticaConfig, pretrain_stica
     from vcache.stica import ViewConfig
 
     if out.exists() and not resume:

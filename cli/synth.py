@@ -6,8 +6,8 @@ from pathlib import Path
 
 import typer
 
-from vcache.cli.app import app
 from vcache.cli.common import console, fail
+from vcache.cli.tree import app
 
 
 @app.command("synth")
@@ -39,7 +39,7 @@ def synth_cmd(
 
     Read it with: vcache extract OUT/videos --format ucf101 --annotations OUT/splits. See docs/synth.md.
     """
-    from vcache.synth import TASKS, generate
+    from vcache.data.synth import TASKS, generate
 
     if task not in TASKS:
         fail(f"--task {task!r}: choose one of {', '.join(TASKS)}", code=2)

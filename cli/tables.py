@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from vcache.cli.app import app
+from vcache.cli.tree import app
 
 
 @app.command("reproduce-tables")

@@ -6,7 +6,7 @@ trunk's T' x H' x W' feature map (Sec. 3.2, eq. 5), each view is pooled by a sma
 (Sec. 3.3) and the within-video contrastive loss (eq. 6) pulls views of L_1 and L_2 together.
 
 Here the trunk is frozen: the maps come from the store, never from video, so this is **head-only STiCA
-(trunk frozen)**; the paper trains the trunk too (see `vcache.pretrain_stica` for that setting).
+(trunk frozen)**; the paper trains the trunk too (see `vcache.pretrain.stica` for that setting).
 
 Pieces (each usable alone):
 - `feature_crop`: eq. 5, an integer slice of a channels-last map; no ROI-align, no resize.
@@ -35,9 +35,9 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from vcache import scale
-from vcache.devices import resolve_device
-from vcache.scale import _atomic_save, check_compatible, store_provenance
+from vcache.learn import scale
+from vcache.runtime.devices import resolve_device
+from vcache.learn.scale import _atomic_save, check_compatible, store_provenance
 from vcache.store import DONE, FeatureStore, StoreError, VideoMeta, create_store, open_store
 
 HEAD_FORMAT = "vcache-stica-head-1"
@@ -447,7 +447,7 @@ def train_step(
     rng: np.random.Generator,
 ) -> tuple[torch.Tensor, int]:
     """The loss of one batch of (L_1, L_2) maps (B, T', H', W', C): draw T_1 and T_2, crop, pool, project,
-    eq. 6. Shared with `vcache.pretrain_stica`, where the maps come from the trainable trunk."""
+    eq. 6. Shared with `vcache.pretrain.stica`, where the maps come from the trainable trunk."""
     thw = tuple(maps1.shape[1:4])
     v1, v2 = sample_views(views, thw, rng), sample_views(views, thw, rng)
     z1, z2 = head.views_forward(maps1, v1), head.views_forward(maps2, v2)

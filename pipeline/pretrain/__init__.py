@@ -4,6 +4,13 @@ A small registry maps a method name to the module that implements it. Each modul
 (named settings: ``cpu`` for minutes on a CPU, ``paper`` for the paper's scale), a config dataclass and a
 ``train_*`` function that writes a vcache backbone checkpoint. Modules are imported on demand, so this
 package stays free of torch until a method is used.
+
+- :mod:`~vcache.pretrain.cvrl`, :mod:`~vcache.pretrain.svt`: the methods ``vcache pretrain`` runs by name.
+- :mod:`~vcache.pretrain.stica`: end-to-end STiCA (trunk + feature-crop head) on clip pairs.
+- :mod:`~vcache.pretrain.losses`: the SSL losses (InfoNCE, DINO / SVT) as pure functions.
+- :mod:`~vcache.pretrain.augment`: temporally consistent (or per-frame) spatial augmentation.
+- :mod:`~vcache.pretrain.data`: the video list, the clip dataset and the global batch sampler.
+- :mod:`~vcache.pretrain.loop`: schedules, resumable training state, progress, end of a run.
 """
 
 from __future__ import annotations

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from vcache.crops import cut
+from vcache.data.crops import cut
 
 __all__ = [
     "AugParams",

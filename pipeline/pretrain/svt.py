@@ -3,8 +3,8 @@
 Views (Sec. 3.1): 2 global views, each sampled uniformly over a random 90 % of the video's time axis at
 its own frame count (different frame rates: 8 and 16 in the paper), and several local views over a random
 1/8 of the time axis with smaller crops and fewer frames (T in {2, 4, 8, 16} at 96 px in the paper). The
-video ViT (:mod:`vcache.vit`, divided space-time attention) interpolates its spatial and temporal position
-embeddings to each view (Sec. 3.2.3).
+video ViT (:mod:`vcache.models.vit`, divided space-time attention) interpolates its spatial and temporal
+position embeddings to each view (Sec. 3.2.3).
 
 Self-distillation (Sec. 3.2-3.3, DINO): the teacher is an EMA of the student whose momentum rises from
 0.996 to 1 on a cosine; only the global views go through the teacher (official code: both globals); its
@@ -32,25 +32,12 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from vcache.backbones import VideoBackbone, build_backbone
-from vcache.losses_ssl import dino_loss, ema_update, svt_pairs, update_center
+from vcache.models import VideoBackbone, build_backbone
 from vcache.pretrain.augment import dino_settings, draw_aug
-from vcache.pretrain.common import (
-    ClipDataset,
-    DistContext,
-    GlobalBatchSampler,
-    TrainProgress,
-    ViewPlan,
-    cosine_schedule,
-    finish_run,
-    finite_or_raise,
-    load_state,
-    make_loader,
-    mean_over_ranks,
-    param_groups,
-    save_state,
-    state_path,
-)
+from vcache.pretrain.data import ClipDataset, GlobalBatchSampler, ViewPlan, make_loader
+from vcache.pretrain.loop import TrainProgress, cosine_schedule, finish_run, finite_or_raise, load_state, param_groups, save_state, state_path
+from vcache.runtime.distributed import DistContext, mean_over_ranks
+from vcache.pretrain.losses import dino_loss, ema_update, svt_pairs, update_center
 
 __all__ = ["PRESETS", "DINOHead", "SVTConfig", "segment_frames", "train_svt"]
 

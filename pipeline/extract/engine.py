@@ -1,6 +1,6 @@
 """The extraction engine: videos -> crops -> frozen backbone -> one feature row per crop in a store.
 
-Decoding runs in worker processes (vcache.workers) while this process runs the backbone on batches of
+Decoding runs in worker processes (vcache.extract.workers) while this process runs the backbone on batches of
 crops gathered across videos. Results are buffered per store shard and each shard is written whole, crops
 first and status last (vcache.store), so a killed run resumes where it stopped by rerunning the same command.
 
@@ -11,174 +11,42 @@ store; the others wait for it.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
-import socket
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-import vcache
-from vcache.backbones import VideoBackbone, describe
-from vcache.crops import CropSettings
-from vcache.devices import resolve_device
-from vcache.lock import StoreLock, new_run_id
+from vcache.data.crops import CropSettings
+from vcache.extract.options import (
+    EXIT_OK,
+    EXIT_SOME_FAILED,
+    EXIT_TOO_MANY_FAILED,
+    ExtractOptions,
+    ExtractReport,
+    StoreWriteError,
+)
+from vcache.extract.output import ShardBuffer, clean_leftovers, open_or_create, store_attrs
+from vcache.extract.workers import DecodePool, DecodeResult, DecodeTask
+from vcache.models import VideoBackbone
+from vcache.runtime.devices import resolve_device
 from vcache.store import (
     DONE,
     FAILED,
     PENDING,
     FeatureStore,
     Reason,
-    StoreError,
-    VideoMeta,
-    create_store,
-    manifest_hash,
-    open_store,
 )
-from vcache.workers import DecodePool, DecodeResult, DecodeTask
-
-EXIT_OK, EXIT_SOME_FAILED, EXIT_TOO_MANY_FAILED = 0, 3, 4
-
-
-@dataclass
-class ExtractOptions:
-    init_seed: int | None = None  # seed a random-init backbone was built with (recorded in the store)
-    class_families: dict[str, str] | None = None  # class -> family (e.g. synth's order / appearance / motion)
-    batch_size: int = 32  # crops per forward pass
-    workers: int = 1  # decoding processes; 0 decodes in this process (no deadline)
-    timeout_s: float = 300.0  # per-video decoding deadline
-    device: str = "auto"
-    amp: bool = True  # autocast on CUDA
-    feature_maps: bool = False
-    feature_dtype: str = "float16"
-    videos_per_shard: int = 64
-    overwrite: bool = False
-    retry_failed: bool = False
-    max_failed_fraction: float = 0.1
-    part: tuple[int, int] | None = None  # (index, count): a static share of the shards
-    run_id: str | None = None  # shared by all processes of one run (generated when None)
-
-
-class StoreWriteError(StoreError):
-    """The store could not be written (disk full, unwritable path): the run stops, written shards stay."""
-
-
-@dataclass
-class ExtractReport:
-    store: str
-    n_videos: int
-    done: int
-    failed: int
-    pending: int
-    processed_now: int
-    clips: int
-    seconds: float
-    failures: list[tuple[str, str]] = field(default_factory=list)  # (path, reason) of this run's failures
-    timings: dict[str, float] = field(default_factory=dict)
-    exit_code: int = EXIT_OK
+from vcache.store.lock import StoreLock, new_run_id
 
 
 def dist_rank_world() -> tuple[int, int]:
     """This process's share under torchrun (RANK, WORLD_SIZE), else (0, 1)."""
     return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
-
-
-def store_attrs(
-    backbone: VideoBackbone, settings: CropSettings, manifest: Any, opts: ExtractOptions, map_shape
-) -> dict[str, Any]:
-    """Everything needed to use a store without the command line that made it."""
-    bb = describe(backbone)
-    if opts.init_seed is not None and not bb.get("checkpoint"):
-        bb["init_seed"] = opts.init_seed
-    return {
-        "backbone": bb,
-        "sampling": settings.to_dict(),
-        "manifest": manifest.to_dict(),
-        "class_names": list(manifest.class_names),
-        "class_families": opts.class_families,
-        "video_root": str(Path(manifest.root).resolve()),
-        "feature_maps": bool(opts.feature_maps),
-        "vcache_version": vcache.__version__,
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "created_on": socket.gethostname(),
-    }
-
-
-# Attributes that must match for a rerun to append to an existing store.
-_MUST_MATCH = ("backbone", "sampling", "manifest_hash", "feature_dim", "feature_dtype", "map_shape")
-
-
-def _comparable(attrs: dict[str, Any]) -> dict[str, Any]:
-    out = {k: attrs.get(k) for k in _MUST_MATCH}
-    out["backbone"] = {k: v for k, v in (attrs.get("backbone") or {}).items() if k != "checkpoint"}
-    return out
-
-
-def open_or_create(
-    out: Path,
-    paths: list[str],
-    labels: list[int],
-    k: int,
-    feature_dim: int,
-    attrs: dict[str, Any],
-    opts: ExtractOptions,
-    map_shape,
-) -> FeatureStore:
-    """Open `out` to resume it, or create it; refuse to append with different settings.
-
-    Safe with several processes: creation renames a complete store into place, and a process that loses
-    the race opens the winner's store (whose settings then must match its own).
-    """
-    if not (out / "zarr.json").exists():
-        try:
-            return create_store(
-                out,
-                paths,
-                labels,
-                k,
-                feature_dim,
-                attrs,
-                videos_per_shard=opts.videos_per_shard,
-                feature_dtype=opts.feature_dtype,
-                map_shape=map_shape,
-            )
-        except OSError:
-            if not (out / "zarr.json").exists():
-                raise
-    store = open_store(out, mode="r+")
-    want = dict(attrs)
-    want.update(
-        manifest_hash=manifest_hash(paths, labels),
-        feature_dim=feature_dim,
-        feature_dtype=opts.feature_dtype,
-        map_shape=list(map_shape) if map_shape else None,
-    )
-    have_c, want_c = _comparable(store.attrs), json.loads(json.dumps(_comparable(want)))
-    diff = [key for key in have_c if have_c[key] != want_c[key]]
-    if diff:
-        raise StoreError(
-            f"{out} was made with different settings ({', '.join(diff)} differ); "
-            "rerun with the same options to resume, --overwrite to start again, or choose another --out"
-        )
-    return store
-
-
-def _clean_leftovers(out: Path) -> int:
-    """Files a killed run can leave: zarr's `*.partial` temporaries and half-built `.NAME.creating-*`."""
-    n = 0
-    for d in out.parent.glob(f".{out.name}.creating-*"):
-        shutil.rmtree(d, ignore_errors=True)
-        n += 1
-    for f in out.rglob("*.partial"):
-        f.unlink(missing_ok=True)
-        n += 1
-    return n
 
 
 class _Dist:
@@ -203,28 +71,6 @@ class _Dist:
         box = [obj]
         self.dist.broadcast_object_list(box, src=0)
         return box[0]
-
-
-class _ShardBuffer:
-    """Rows of one shard, filled as videos finish; written whole when every video is in."""
-
-    def __init__(self, store: FeatureStore, shard: int, map_shape):
-        self.videos = store.shard_videos(shard)
-        k, n = store.crops_per_video, len(self.videos)
-        self.features = np.zeros((n * k, store.feature_dim), dtype=np.float32)
-        self.boxes = np.full((n * k, 6), -1.0, dtype=np.float32)
-        self.flips = np.zeros(n * k, dtype=bool)
-        self.maps = np.zeros((n * k, *map_shape), dtype=np.float16) if map_shape else None
-        self.metas: list[VideoMeta | None] = [None] * n
-        self.k = k
-
-    def rows(self, video: int) -> slice:
-        i = video - self.videos.start
-        return slice(i * self.k, (i + 1) * self.k)
-
-    @property
-    def complete(self) -> bool:
-        return all(m is not None for m in self.metas)
 
 
 def extract(
@@ -288,7 +134,7 @@ class _Job:
         self.timings = {"decode_wait": 0.0, "forward": 0.0, "write": 0.0, "worker_decode": 0.0}
         self.failures: list[tuple[str, str]] = []
         self.clips = 0
-        self.buffers: dict[int, _ShardBuffer] = {}
+        self.buffers: dict[int, ShardBuffer] = {}
         self.shard_of: dict[int, int] = {}
         self.batch: list[tuple[int, int, np.ndarray]] = []  # (video, first crop row, uint8 crops)
         self.batch_n = 0
@@ -300,7 +146,7 @@ class _Job:
     def run(self, rank: int, world: int, progress) -> None:
         store, opts = self.store, self.opts
         self.progress = progress
-        self.cleaned = _clean_leftovers(store.path) if rank == 0 else 0
+        self.cleaned = clean_leftovers(store.path) if rank == 0 else 0
         if opts.retry_failed:
             _reset_failed(store, rank, world)
         shards = [s for s in store.pending_shards() if s % world == rank]
@@ -334,10 +180,10 @@ class _Job:
                 f"internal error: shards {sorted(self.buffers)} incomplete at the end of the run"
             )
 
-    def _buffer(self, v: int) -> _ShardBuffer:
+    def _buffer(self, v: int) -> ShardBuffer:
         s = self.shard_of[v]
         if s not in self.buffers:
-            self.buffers[s] = _ShardBuffer(self.store, s, self.map_shape)
+            self.buffers[s] = ShardBuffer(self.store, s, self.map_shape)
         return self.buffers[s]
 
     def _take(self, res: DecodeResult) -> None:

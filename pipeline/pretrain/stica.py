@@ -1,12 +1,12 @@
 """End-to-end STiCA pretraining: feature crops + temporal transformer pooling with the trunk trainable.
 
 The paper's setting (STiCA Sec. 3.2-3.4), video only: per video and step, two large input crops L_1, L_2
-sharing one temporal extent (`vcache.crops` mode `pairs`, one pair drawn per video and epoch), the trunk
+sharing one temporal extent (`vcache.data.crops` mode `pairs`, one pair drawn per video and epoch), the trunk
 gives their T' x H' x W' maps, and `vcache.stica` crops them into the view sets T_1, T_2, pools each view
 with the temporal transformer and applies the within-video loss (eq. 6). The paper's cross-modal
 audio-visual term (eq. 7, temperature 0.1) is left out: there is no audio here.
 
-The trunk is written with `vcache.backbones.save_checkpoint`, so `vcache extract --checkpoint` loads it
+The trunk is written with `vcache.models.save_checkpoint`, so `vcache extract --checkpoint` loads it
 like the other pretraining methods. The head and optimizer go to `<out>.state` for `--resume`.
 
 Deviations, all where the paper (Sec. 6.1) says what it does and we do less:
@@ -30,11 +30,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from vcache.backbones import VideoBackbone, build_backbone, save_checkpoint
-from vcache.crops import CropSettings
+from vcache.data.crops import CropSettings
+from vcache.extract.workers import DecodePool, DecodeTask
+from vcache.models import VideoBackbone, build_backbone, save_checkpoint
 from vcache.stica import HeadConfig, TemporalHead, ViewConfig, train_step
 from vcache.store import DONE
-from vcache.workers import DecodePool, DecodeTask
 
 METHOD = "stica"
 MODE_NAME = "end-to-end STiCA (trunk trainable, video only)"
@@ -141,7 +141,7 @@ def pretrain_stica(
 ) -> PretrainResult:
     """Pretrain `cfg.backbone` with STiCA on the videos of `manifest`; write `out` after every epoch
     (and at the end of a run cut short by `max_steps`). Returns the run's summary."""
-    from vcache.devices import resolve_device
+    from vcache.runtime.devices import resolve_device
 
     t_start = time.perf_counter()
     out = Path(out)

@@ -23,9 +23,9 @@ from multiprocessing.connection import Connection, wait
 
 import numpy as np
 
-from vcache.crops import CropSettings, cut, decode_size, sample_crops
-from vcache.records import DONE, FAILED, Reason, VideoMeta
-from vcache.video import VideoError, decode_frames, probe
+from vcache.data.crops import CropSettings, cut, decode_size, sample_crops
+from vcache.data.records import DONE, FAILED, Reason, VideoMeta
+from vcache.data.video import VideoError, decode_frames, probe
 
 
 @dataclass

@@ -8,8 +8,8 @@ Readouts (SCALE Sec. 4.1, "Evaluation" and "Nonlinear baselines"):
   CLS is our choice).
 - scale_linear (linear + aggregator): linear head on concat(clip feature C_i, CLS), softmax averaged.
 - scale_ft (transformer + aggregator): the transformer probe started from the SCALE weights.
-- knn / scale_knn: DINO-style weighted vote (see vcache.knn); scale_knn uses concat(C_i, CLS) averaged over
-  the clips, as the official code.
+- knn / scale_knn: DINO-style weighted vote (see vcache.learn.knn); scale_knn uses concat(C_i, CLS)
+  averaged over the clips, as the official code.
 
 Hyper-parameters (learning rate, weight decay, epochs) are chosen on a validation part of the train split
 (a stratified 20 % of the train videos by default), never on the test split; the probe is then retrained on
@@ -31,17 +31,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from vcache.devices import resolve_device
-from vcache.knn import center_normalize, knn_classify, retrieval_recall, video_vectors
-from vcache.scale import (
-    ScaleAggregator,
-    ScaleConfig,
-    check_compatible,
-    encode_videos,
-    load_aggregator,
-    store_provenance,
-)
-from vcache.store import Cache, StoreError, load_cache
+from vcache.learn.aggregator import ScaleAggregator, ScaleConfig
+from vcache.learn.checkpoints import load_aggregator
+from vcache.learn.heads import ClipHead, SequenceHead, fit, predict_proba
+from vcache.learn.knn import center_normalize, knn_classify, retrieval_recall, video_vectors
+from vcache.learn.metrics import prediction_rows, score
+from vcache.learn.scale import encode_videos
+from vcache.runtime.devices import resolve_device
+from vcache.store import Cache, StoreError, check_compatible, load_cache, store_provenance
 
 # Default grids per probe: (learning rates, weight decays, max epochs). Our choice; the paper grid-searched
 # lr, wd, batch size and optimizer without listing the values. We fix AdamW and 128 videos a batch.
@@ -130,142 +127,6 @@ def train_val_split(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.
         va.append(idx[:n_val])
         tr.append(idx[n_val:])
     return np.sort(np.concatenate(tr)), np.sort(np.concatenate(va))
-
-
-# -- models ----------------------------------------------------------------------------------------------
-class ClipHead(nn.Module):
-    """Per-clip classifier: (B, K, D) -> (B, K, C) logits. hidden 0: linear; else a 1-hidden-layer MLP."""
-
-    def __init__(self, in_dim: int, n_classes: int, hidden: int = 0, bn: bool = False):
-        super().__init__()
-        self.bn = nn.BatchNorm1d(in_dim, affine=False) if bn else None
-        if hidden:
-            self.net = nn.Sequential(nn.Linear(in_dim, hidden), nn.GELU(), nn.Linear(hidden, n_classes))
-        else:
-            self.net = nn.Linear(in_dim, n_classes)
-
-    def forward(self, feats: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
-        b, k, d = feats.shape
-        x = feats.reshape(b * k, d)
-        if self.bn is not None:
-            x = self.bn(x)
-        return self.net(x).reshape(b, k, -1)
-
-
-class SequenceHead(nn.Module):
-    """The SCALE aggregator over all of a video's clips plus a linear head on CLS: (B, K, D) -> (B, 1, C)."""
-
-    def __init__(self, aggregator: ScaleAggregator, n_classes: int, bn: bool = False):
-        super().__init__()
-        w = aggregator.cfg.width
-        self.aggregator = aggregator
-        self.bn = nn.BatchNorm1d(w, affine=False) if bn else None
-        self.head = nn.Linear(w, n_classes)
-
-    def forward(self, feats: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
-        _, cls = self.aggregator(feats, boxes)
-        if self.bn is not None:
-            cls = self.bn(cls)
-        return self.head(cls).unsqueeze(1)
-
-
-# -- training --------------------------------------------------------------------------------------------
-def predict_proba(model: nn.Module, feats: torch.Tensor, boxes: torch.Tensor, batch: int = 256) -> np.ndarray:
-    """Video class probabilities: the softmax of each output row, averaged over a video's rows."""
-    model.eval()
-    out = []
-    with torch.no_grad():
-        for i in range(0, len(feats), batch):
-            out.append(model(feats[i : i + batch], boxes[i : i + batch]).softmax(-1).mean(1).cpu())
-    return torch.cat(out).numpy()
-
-
-def fit(
-    model: nn.Module,
-    feats: torch.Tensor,
-    boxes: torch.Tensor,
-    labels: torch.Tensor,
-    lr: float,
-    wd: float,
-    epochs: int,
-    batch: int,
-    seed: int,
-    val: tuple[torch.Tensor, torch.Tensor, np.ndarray] | None = None,
-    eval_at: tuple[int, ...] = (),
-) -> dict[int, float]:
-    """Train with AdamW at a constant lr (so the first E epochs of a longer run equal an E-epoch run) and
-    cross-entropy on every output row (each clip carries its video's label). Returns val top-1 by epoch."""
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=wd)
-    gen = torch.Generator().manual_seed(seed)
-    n = len(feats)
-    accs: dict[int, float] = {}
-    for ep in range(1, epochs + 1):
-        model.train()
-        order = torch.randperm(n, generator=gen).to(feats.device)
-        for i in range(0, n, batch):
-            vids = order[i : i + batch]
-            if len(vids) < 2 and n >= 2:  # BatchNorm needs two rows; a lone leftover video is skipped
-                continue
-            logits = model(feats[vids], boxes[vids])
-            y = labels[vids].unsqueeze(1).expand(-1, logits.shape[1])
-            loss = nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1))
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-        if val is not None and ep in eval_at:
-            probs = predict_proba(model, val[0], val[1])
-            accs[ep] = float((probs.argmax(1) == val[2]).mean())
-    return accs
-
-
-def topk_accuracy(probs: np.ndarray, labels: np.ndarray, k: int) -> float:
-    k = min(k, probs.shape[1])
-    top = np.argsort(-probs, axis=1)[:, :k]
-    return float((top == labels[:, None]).any(axis=1).mean())
-
-
-def family_accuracy(
-    probs: np.ndarray, labels: np.ndarray, class_names: list[str], families: dict[str, str] | None
-) -> dict[str, dict[str, float]]:
-    """Top-1 per family of classes (e.g. the synthetic set's appearance / order / motion)."""
-    if not families or not class_names:
-        return {}
-    fam_of = np.array([families.get(name, "other") for name in class_names])
-    pred = probs.argmax(1)
-    out = {}
-    for fam in sorted(set(fam_of.tolist())):
-        sel = fam_of[labels] == fam
-        if sel.any():
-            out[fam] = {"top1": float((pred[sel] == labels[sel]).mean()), "n": int(sel.sum())}
-    return out
-
-
-def _predictions(cache: Cache, probs: np.ndarray) -> list[dict[str, Any]]:
-    names = cache.class_names
-    top = np.argsort(-probs, axis=1)[:, : min(5, probs.shape[1])]
-    rows = []
-    for i, path in enumerate(cache.paths):
-        rows.append(
-            {
-                "path": path,
-                "label": int(cache.labels[i]),
-                "pred": int(top[i, 0]),
-                "pred_name": names[top[i, 0]] if names else "",
-                "score": float(probs[i, top[i, 0]]),
-                "top5": " ".join(str(int(c)) for c in top[i]),
-            }
-        )
-    return rows
-
-
-def _metrics(probs: np.ndarray, test: Cache, train: Cache) -> tuple[dict[str, float], dict[str, Any]]:
-    metrics = {
-        "top1": topk_accuracy(probs, test.labels, 1),
-        "top5": topk_accuracy(probs, test.labels, 5),
-        "n_test": int(len(test.labels)),
-    }
-    families = test.attrs.get("class_families") or train.attrs.get("class_families")
-    return metrics, family_accuracy(probs, test.labels, test.class_names or train.class_names, families)
 
 
 def _provenance(train: Cache, test: Cache, train_path, test_path, agg_meta, agg_path) -> dict[str, Any]:
@@ -366,7 +227,7 @@ def run_probe(
     fit(model, ftr, btr, y_all[idx], chosen["lr"], chosen["wd"], chosen["epochs"], s.batch_size, s.seed)
     fte, bte = tensors(te_f, te_b, np.arange(len(test.labels)))
     probs = predict_proba(model, fte, bte)
-    metrics, per_family = _metrics(probs, test, train)
+    metrics, per_family = score(probs, test, train)
     selection = {
         "grid": {"lr": list(lrs), "wd": list(wds), "epochs": list(eval_at)},
         "val_videos": int(len(va_idx)),
@@ -385,7 +246,7 @@ def run_probe(
         provenance=_provenance(train, test, train_path, test_path, agg_meta, aggregator),
         seed=s.seed,
         seconds=time.perf_counter() - t_start,
-        predictions=_predictions(test, probs),
+        predictions=prediction_rows(test, probs),
     )
 
 
@@ -426,7 +287,7 @@ def run_knn(
     n_cls = num_classes(train, test)
     scores, _, _ = knn_classify(tr_v, train.labels[idx], te_v, n_cls, s.k, s.temperature, use_gpu)
     probs = scores / np.maximum(scores.sum(1, keepdims=True), 1e-300)
-    metrics, per_family = _metrics(probs, test, train)
+    metrics, per_family = score(probs, test, train)
     if s.retrieval:
         rv_tr, rv_te = center_normalize(video_vectors(tr_f[idx], s.pool), video_vectors(te_f, s.pool))
         metrics.update(retrieval_recall(rv_tr, train.labels[idx], rv_te, test.labels, use_gpu=use_gpu))
@@ -439,7 +300,7 @@ def run_knn(
         provenance=_provenance(train, test, train_path, test_path, agg_meta, aggregator),
         seed=s.seed,
         seconds=time.perf_counter() - t_start,
-        predictions=_predictions(test, probs),
+        predictions=prediction_rows(test, probs),
     )
 
 

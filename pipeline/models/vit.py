@@ -19,7 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from vcache.backbones import Preprocessing, VideoBackbone
+from vcache.models.base import Preprocessing, VideoBackbone
+from vcache.models.registry import register
 
 __all__ = ["VIT_SMALL", "VIT_TINY", "VideoViT", "interpolate_pos_embed"]
 
@@ -223,3 +224,15 @@ class VideoViT(VideoBackbone):
         else:
             raise ValueError(f"unknown pool {pool!r} for a ViT (use 'cls', 'avg' or 'max')")
         return pooled, tokens.reshape(b, t, gh, gw, self.dim)
+
+
+@register("vit_video_tiny")
+def vit_video_tiny(**overrides: Any) -> VideoBackbone:
+    """Patch 8, 64 px, 8 frames x stride 4, dim 192, depth 4, 3 heads: a CPU-sized video ViT."""
+    return VideoViT(**{**VIT_TINY, **overrides})
+
+
+@register("vit_video_small")
+def vit_video_small(**overrides: Any) -> VideoBackbone:
+    """ViT-S/16 widths (dim 384, depth 12, 6 heads) at 224 px, 8 frames x stride 8."""
+    return VideoViT(**{**VIT_SMALL, **overrides})

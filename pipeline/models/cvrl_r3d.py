@@ -20,7 +20,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from vcache.backbones import KINETICS_MEAN, KINETICS_STD, Preprocessing, VideoBackbone, register
+from vcache.models.base import KINETICS_MEAN, KINETICS_STD, Preprocessing, VideoBackbone
+from vcache.models.registry import register
 
 __all__ = ["CVRLResNet", "cvrl_r3d_50", "cvrl_r3d_narrow"]
 

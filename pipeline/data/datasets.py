@@ -46,52 +46,25 @@ import json
 import os
 import re
 from collections.abc import Iterable
-from dataclasses import dataclass, field
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
-FORMATS = ("folder", "csv", "ucf101", "hmdb51", "kinetics", "ssv2")
-DEFAULT_EXTENSIONS = (".mp4", ".avi", ".webm", ".mkv", ".mov")
-
-# Spellings of a subset name found in official files and in users' habits, mapped to one canonical name.
-_SUBSET_ALIASES = {
-    "train": "train",
-    "training": "train",
-    "val": "val",
-    "valid": "val",
-    "validate": "val",
-    "validation": "val",
-    "test": "test",
-    "testing": "test",
-}
-
-
-class ManifestError(ValueError):
-    """A dataset copy or its annotation files do not match the requested format (a user mistake)."""
-
-
-@dataclass
-class Manifest:
-    """The videos of one dataset split: ``root / paths[i]`` has class ``labels[i]`` (-1 = unknown)."""
-
-    root: Path
-    paths: list[str]
-    labels: list[int]
-    class_names: list[str]
-    source: dict = field(default_factory=dict)
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def to_dict(self) -> dict:
-        """A JSON-safe summary for store attributes: provenance and class names, no per-video lists."""
-        return {
-            "root": str(self.root),
-            "num_videos": len(self.paths),
-            "num_labelled": sum(1 for label in self.labels if label >= 0),
-            "num_classes": len(self.class_names),
-            "class_names": list(self.class_names),
-            **self.source,
-        }
+from vcache.data.manifest import (
+    DEFAULT_EXTENSIONS,
+    FORMATS,
+    SUBSET_ALIASES,
+    Loaded,
+    Manifest,
+    ManifestError,
+    finish,
+    is_video,
+    need_dir,
+    need_file,
+    norm_name,
+    read_lines,
+    relative,
+    split_number,
+    subset_name,
+)
 
 
 def load_manifest(
@@ -113,15 +86,15 @@ def load_manifest(
         raise ManifestError("no video extensions given")
     ann = Path(annotations).expanduser() if annotations is not None else None
     if fmt == "folder":
-        return _finish(root, *_load_folder(root, subset, exts))
+        return finish(root, *_load_folder(root, subset, exts))
     if ann is None:
         raise ManifestError(f"format {fmt!r} needs an annotations path ({_ANNOTATION_HELP[fmt]})")
     loader = {"csv": _load_csv, "ucf101": _load_ucf101, "hmdb51": _load_hmdb51}.get(fmt)
     if loader is not None:
-        return _finish(root, *loader(root, ann, split, subset))
+        return finish(root, *loader(root, ann, split, subset))
     if fmt == "kinetics":
-        return _finish(root, *_load_kinetics(root, ann, subset, exts))
-    return _finish(root, *_load_ssv2(root, ann, subset, exts))
+        return finish(root, *_load_kinetics(root, ann, subset, exts))
+    return finish(root, *_load_ssv2(root, ann, subset, exts))
 
 
 _ANNOTATION_HELP = {
@@ -131,105 +104,6 @@ _ANNOTATION_HELP = {
     "kinetics": "a Kinetics CSV file or the folder holding train.csv/validate.csv/test.csv",
     "ssv2": "the folder holding something-something-v2-labels.json",
 }
-
-Loaded = tuple[list[str], list[int], list[str], dict]
-
-
-# ---------------------------------------------------------------------------------------------- helpers
-
-
-def _finish(
-    root: Path, paths: list[str], labels: list[int], class_names: list[str], source: dict
-) -> Manifest:
-    """Drop exact duplicate entries, refuse contradictory ones and empty results, count missing files."""
-    seen: dict[str, int] = {}
-    out_paths: list[str] = []
-    out_labels: list[int] = []
-    for path, label in zip(paths, labels, strict=True):
-        if path in seen:
-            if seen[path] != label:
-                raise ManifestError(
-                    f"{path} is listed twice with different labels ({seen[path]} and {label})"
-                )
-            continue
-        seen[path] = label
-        out_paths.append(path)
-        out_labels.append(label)
-    what = source.get("annotations") or str(root)
-    what = ", ".join(what) if isinstance(what, list) else what
-    if not out_paths:
-        raise ManifestError(f"no videos found for subset {source.get('subset')!r} in {what}")
-    source = dict(source)
-    source["duplicates_dropped"] = len(paths) - len(out_paths)
-    if "missing" not in source:
-        source["missing"] = sum(1 for p in out_paths if not (root / p).is_file())
-    return Manifest(root=root, paths=out_paths, labels=out_labels, class_names=class_names, source=source)
-
-
-def _read_lines(path: Path) -> list[tuple[int, str]]:
-    """Non-blank lines of a text file with their 1-based numbers, stripped of CR/LF and outer spaces."""
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except FileNotFoundError:
-        raise ManifestError(f"annotation file {path} does not exist") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise ManifestError(f"cannot read annotation file {path}: {e}") from None
-    return [(i, line.strip()) for i, line in enumerate(text.splitlines(), 1) if line.strip()]
-
-
-def _need_dir(path: Path, what: str) -> Path:
-    if not path.is_dir():
-        raise ManifestError(f"{what} {path} is not a directory")
-    return path
-
-
-def _need_file(path: Path, what: str) -> Path:
-    if not path.is_file():
-        raise ManifestError(f"{what} {path} does not exist")
-    return path
-
-
-def _relative(root: Path, raw: str, where: str) -> str:
-    """A listed path as a clean POSIX path relative to root (absolute paths must lie under root)."""
-    text = raw.strip().replace("\\", "/")
-    if not text:
-        raise ManifestError(f"{where}: empty path")
-    if text.startswith("/"):
-        absolute = Path(os.path.normpath(text))
-        for base in (root.absolute(), root.resolve()):
-            if absolute.is_relative_to(base):
-                text = absolute.relative_to(base).as_posix()
-                break
-        else:
-            raise ManifestError(f"{where}: absolute path {raw.strip()} is not under root {root}")
-    rel = PurePosixPath(text)
-    if ".." in rel.parts:
-        raise ManifestError(f"{where}: path {raw.strip()} leaves the video root")
-    return rel.as_posix()
-
-
-def _subset(subset: str, allowed: tuple[str, ...], fmt: str) -> str:
-    canonical = _SUBSET_ALIASES.get(str(subset).strip().lower())
-    if canonical not in allowed:
-        raise ManifestError(f"subset {subset!r} is not valid for {fmt}; expected one of {', '.join(allowed)}")
-    return canonical
-
-
-def _split(split: int, fmt: str) -> int:
-    # UCF-101 and HMDB-51 each ship exactly three official train/test splits.
-    if isinstance(split, bool) or split not in (1, 2, 3):
-        raise ManifestError(f"split {split!r} is not valid for {fmt}; the official splits are 1, 2 and 3")
-    return int(split)
-
-
-def _is_video(name: str, exts: tuple[str, ...]) -> bool:
-    # Hidden files are skipped: macOS leaves "._name.mp4" resource forks beside real videos.
-    return not name.startswith(".") and name.lower().endswith(exts)
-
-
-def _norm_name(name: str) -> str:
-    """Class-name key that ignores case, spaces, underscores and punctuation (folder-name variants)."""
-    return re.sub(r"[^a-z0-9]", "", name.lower())
 
 
 # ---------------------------------------------------------------------------------------------- formats
@@ -243,7 +117,7 @@ def _load_folder(root: Path, subset: str, exts: tuple[str, ...]) -> Loaded:
         for dirpath, dirnames, filenames in os.walk(root / name):
             dirnames[:] = [d for d in dirnames if not d.startswith(".")]
             rel_dir = Path(dirpath).relative_to(root).as_posix()
-            videos += [f"{rel_dir}/{f}" for f in filenames if _is_video(f, exts)]
+            videos += [f"{rel_dir}/{f}" for f in filenames if is_video(f, exts)]
         if videos:  # folders without videos (e.g. __MACOSX leftovers) are not classes
             per_class.append((name, sorted(videos)))
     paths = [p for _, videos in per_class for p in videos]
@@ -256,16 +130,16 @@ def _load_csv(root: Path, ann: Path, split: int, subset: str) -> Loaded:
     if "path" not in columns:
         raise ManifestError(f"{ann}: header has no 'path' column (found {', '.join(columns) or 'nothing'})")
     split_col = next((c for c in ("split", "subset") if c in columns), None)
-    want = _subset(subset, ("train", "val", "test"), "csv") if split_col else None
+    want = subset_name(subset, ("train", "val", "test"), "csv") if split_col else None
     entries: list[tuple[str, str, str]] = []  # (path, raw label, where) of the selected rows
     all_labels: list[str] = []
     for line, row in rows:
         raw_label = (row.get("label") or "").strip()
         all_labels.append(raw_label)
-        if split_col and _SUBSET_ALIASES.get((row.get(split_col) or "").strip().lower()) != want:
+        if split_col and SUBSET_ALIASES.get((row.get(split_col) or "").strip().lower()) != want:
             continue
         where = f"{ann}:{line}"
-        entries.append((_relative(root, row.get("path") or "", where), raw_label, where))
+        entries.append((relative(root, row.get("path") or "", where), raw_label, where))
     known = [label for label in all_labels if label]
     if known and all(re.fullmatch(r"-?\d+", label) for label in known):
         values = [int(label) for label in known]
@@ -285,7 +159,7 @@ def _load_csv(root: Path, ann: Path, split: int, subset: str) -> Loaded:
 
 def _read_csv(path: Path) -> tuple[list[tuple[int, dict[str, str]]], list[str]]:
     """Rows of a CSV file as dicts keyed by lower-case, stripped column names, with their line numbers."""
-    _need_file(path, "annotation file")
+    need_file(path, "annotation file")
     try:
         with path.open(newline="", encoding="utf-8-sig") as f:
             reader = csv.reader(f)
@@ -300,12 +174,12 @@ def _read_csv(path: Path) -> tuple[list[tuple[int, dict[str, str]]], list[str]]:
 
 
 def _load_ucf101(root: Path, ann: Path, split: int, subset: str) -> Loaded:
-    _need_dir(ann, "UCF-101 annotation folder")
-    split = _split(split, "ucf101")
-    subset = _subset(subset, ("train", "test"), "ucf101")
-    class_file = _need_file(ann / "classInd.txt", "UCF-101 class list")
+    need_dir(ann, "UCF-101 annotation folder")
+    split = split_number(split, "ucf101")
+    subset = subset_name(subset, ("train", "test"), "ucf101")
+    class_file = need_file(ann / "classInd.txt", "UCF-101 class list")
     class_names: list[str] = []
-    for line, text in _read_lines(class_file):
+    for line, text in read_lines(class_file):
         parts = text.split()
         if len(parts) != 2 or not parts[0].isdigit() or int(parts[0]) != len(class_names) + 1:
             raise ManifestError(
@@ -316,12 +190,12 @@ def _load_ucf101(root: Path, ann: Path, split: int, subset: str) -> Loaded:
     index = {name.lower(): i for i, name in enumerate(class_names)}
     # A class folder on disk may differ in case from the list; use the spelling that exists.
     disk_dirs = {d.name.lower(): d.name for d in root.iterdir() if d.is_dir()}
-    list_file = _need_file(ann / f"{subset}list{split:02d}.txt", f"UCF-101 {subset} list")
+    list_file = need_file(ann / f"{subset}list{split:02d}.txt", f"UCF-101 {subset} list")
     paths, labels = [], []
-    for line, text in _read_lines(list_file):
+    for line, text in read_lines(list_file):
         where = f"{list_file}:{line}"
         parts = text.split()
-        rel = _relative(root, parts[0], where)
+        rel = relative(root, parts[0], where)
         folder, _, rest = rel.partition("/")
         label = index.get(folder.lower())
         if not rest or label is None:
@@ -343,9 +217,9 @@ _HMDB_FILE = re.compile(r"^(.+)_test_split(\d+)\.txt$")
 
 
 def _load_hmdb51(root: Path, ann: Path, split: int, subset: str) -> Loaded:
-    _need_dir(ann, "HMDB-51 annotation folder")
-    split = _split(split, "hmdb51")
-    subset = _subset(subset, ("train", "test"), "hmdb51")
+    need_dir(ann, "HMDB-51 annotation folder")
+    split = split_number(split, "hmdb51")
+    subset = subset_name(subset, ("train", "test"), "hmdb51")
     wanted_flag = "1" if subset == "train" else "2"  # HMDB-51 split files: 1 = train, 2 = test, 0 = unused
     files: dict[str, dict[int, Path]] = {}
     for f in ann.iterdir():
@@ -361,12 +235,12 @@ def _load_hmdb51(root: Path, ann: Path, split: int, subset: str) -> Loaded:
         if split_file is None:
             raise ManifestError(f"HMDB-51 annotation folder {ann} has no {name}_test_split{split}.txt")
         used.append(str(split_file))
-        for line, text in _read_lines(split_file):
+        for line, text in read_lines(split_file):
             parts = text.rsplit(None, 1)
             if len(parts) != 2 or parts[1] not in ("0", "1", "2"):
                 raise ManifestError(f"{split_file}:{line}: expected '<video> <0|1|2>', got {text!r}")
             if parts[1] == wanted_flag:
-                paths.append(_relative(root, f"{name}/{parts[0]}", f"{split_file}:{line}"))
+                paths.append(relative(root, f"{name}/{parts[0]}", f"{split_file}:{line}"))
                 labels.append(label)
     return (
         paths,
@@ -384,7 +258,7 @@ _KINETICS_FILES = {
 
 
 def _load_kinetics(root: Path, ann: Path, subset: str, exts: tuple[str, ...]) -> Loaded:
-    want = _subset(subset, ("train", "val", "test"), "kinetics")
+    want = subset_name(subset, ("train", "val", "test"), "kinetics")
     if ann.is_dir():
         present = [ann / n for names in _KINETICS_FILES.values() for n in names if (ann / n).is_file()]
         chosen = next((ann / n for n in _KINETICS_FILES[want] if (ann / n).is_file()), None)
@@ -408,7 +282,7 @@ def _load_kinetics(root: Path, ann: Path, subset: str, exts: tuple[str, ...]) ->
     paths, labels, missing = [], [], 0
     for line, row in rows:
         where = f"{chosen}:{line}"
-        if "split" in columns and _SUBSET_ALIASES.get((row.get("split") or "").strip().lower()) != want:
+        if "split" in columns and SUBSET_ALIASES.get((row.get("split") or "").strip().lower()) != want:
             continue
         label_name = (row.get("label") or "").strip()
         start, end = _second(row["time_start"], where), _second(row["time_end"], where)
@@ -448,9 +322,9 @@ def _index_videos(root: Path, exts: tuple[str, ...]) -> dict[str, list[str]]:
             if entry.is_dir() and not entry.name.startswith("."):
                 with os.scandir(entry.path) as inner:
                     for f in inner:
-                        if f.is_file() and _is_video(f.name, exts):
+                        if f.is_file() and is_video(f.name, exts):
                             index.setdefault(os.path.splitext(f.name)[0], []).append(f"{entry.name}/{f.name}")
-            elif entry.is_file() and _is_video(entry.name, exts):
+            elif entry.is_file() and is_video(entry.name, exts):
                 index.setdefault(os.path.splitext(entry.name)[0], []).append(entry.name)
     return index
 
@@ -459,19 +333,19 @@ def _pick(candidates: list[str], label: str, exts: tuple[str, ...]) -> str | Non
     """Prefer a copy in the row's class folder (any spelling of it), then the earliest extension."""
     if not candidates:
         return None
-    key = _norm_name(label)
+    key = norm_name(label)
 
     def rank(path: str) -> tuple[int, int, str]:
         folder = path.rpartition("/")[0]
         ext = os.path.splitext(path)[1].lower()
-        return (0 if folder and _norm_name(folder) == key else 1, exts.index(ext), path)
+        return (0 if folder and norm_name(folder) == key else 1, exts.index(ext), path)
 
     return min(candidates, key=rank)
 
 
 def _load_ssv2(root: Path, ann: Path, subset: str, exts: tuple[str, ...]) -> Loaded:
-    _need_dir(ann, "SSv2 annotation folder")
-    want = _subset(subset, ("train", "val", "test"), "ssv2")
+    need_dir(ann, "SSv2 annotation folder")
+    want = subset_name(subset, ("train", "val", "test"), "ssv2")
     labels_file = _ssv2_file(ann, "labels")
     split_file = _ssv2_file(ann, {"train": "train", "val": "validation", "test": "test"}[want])
     templates = _read_json(labels_file)

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from vcache.records import Reason
+from vcache.data.records import Reason
 
 MIN_DECODED_FRACTION = 0.5
 SEGMENT_FRAMES = 32  # frames decoded per decord call: bounds memory for long or large videos

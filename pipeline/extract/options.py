@@ -1,0 +1,47 @@
+"""What an extraction run is asked (`ExtractOptions`) and what it answers (`ExtractReport`, exit codes)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from vcache.store import StoreError
+
+EXIT_OK, EXIT_SOME_FAILED, EXIT_TOO_MANY_FAILED = 0, 3, 4
+
+
+@dataclass
+class ExtractOptions:
+    init_seed: int | None = None  # seed a random-init backbone was built with (recorded in the store)
+    class_families: dict[str, str] | None = None  # class -> family (e.g. synth's order / appearance / motion)
+    batch_size: int = 32  # crops per forward pass
+    workers: int = 1  # decoding processes; 0 decodes in this process (no deadline)
+    timeout_s: float = 300.0  # per-video decoding deadline
+    device: str = "auto"
+    amp: bool = True  # autocast on CUDA
+    feature_maps: bool = False
+    feature_dtype: str = "float16"
+    videos_per_shard: int = 64
+    overwrite: bool = False
+    retry_failed: bool = False
+    max_failed_fraction: float = 0.1
+    part: tuple[int, int] | None = None  # (index, count): a static share of the shards
+    run_id: str | None = None  # shared by all processes of one run (generated when None)
+
+
+class StoreWriteError(StoreError):
+    """The store could not be written (disk full, unwritable path): the run stops, written shards stay."""
+
+
+@dataclass
+class ExtractReport:
+    store: str
+    n_videos: int
+    done: int
+    failed: int
+    pending: int
+    processed_now: int
+    clips: int
+    seconds: float
+    failures: list[tuple[str, str]] = field(default_factory=list)  # (path, reason) of this run's failures
+    timings: dict[str, float] = field(default_factory=dict)
+    exit_code: int = EXIT_OK

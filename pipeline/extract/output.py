@@ -1,0 +1,140 @@
+"""The output side of extraction: store attributes, opening or creating the store for a resume, cleaning
+what a killed run left, and the per-shard buffer that is written whole."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+import vcache
+from vcache.data.crops import CropSettings
+from vcache.extract.options import ExtractOptions
+from vcache.models import VideoBackbone, describe
+from vcache.store import (
+    FeatureStore,
+    StoreError,
+    VideoMeta,
+    create_store,
+    manifest_hash,
+    open_store,
+)
+
+
+def store_attrs(
+    backbone: VideoBackbone, settings: CropSettings, manifest: Any, opts: ExtractOptions, map_shape
+) -> dict[str, Any]:
+    """Everything needed to use a store without the command line that made it."""
+    bb = describe(backbone)
+    if opts.init_seed is not None and not bb.get("checkpoint"):
+        bb["init_seed"] = opts.init_seed
+    return {
+        "backbone": bb,
+        "sampling": settings.to_dict(),
+        "manifest": manifest.to_dict(),
+        "class_names": list(manifest.class_names),
+        "class_families": opts.class_families,
+        "video_root": str(Path(manifest.root).resolve()),
+        "feature_maps": bool(opts.feature_maps),
+        "vcache_version": vcache.__version__,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "created_on": socket.gethostname(),
+    }
+
+
+# Attributes that must match for a rerun to append to an existing store.
+_MUST_MATCH = ("backbone", "sampling", "manifest_hash", "feature_dim", "feature_dtype", "map_shape")
+
+
+def _comparable(attrs: dict[str, Any]) -> dict[str, Any]:
+    out = {k: attrs.get(k) for k in _MUST_MATCH}
+    out["backbone"] = {k: v for k, v in (attrs.get("backbone") or {}).items() if k != "checkpoint"}
+    return out
+
+
+def open_or_create(
+    out: Path,
+    paths: list[str],
+    labels: list[int],
+    k: int,
+    feature_dim: int,
+    attrs: dict[str, Any],
+    opts: ExtractOptions,
+    map_shape,
+) -> FeatureStore:
+    """Open `out` to resume it, or create it; refuse to append with different settings.
+
+    Safe with several processes: creation renames a complete store into place, and a process that loses
+    the race opens the winner's store (whose settings then must match its own).
+    """
+    if not (out / "zarr.json").exists():
+        try:
+            return create_store(
+                out,
+                paths,
+                labels,
+                k,
+                feature_dim,
+                attrs,
+                videos_per_shard=opts.videos_per_shard,
+                feature_dtype=opts.feature_dtype,
+                map_shape=map_shape,
+            )
+        except OSError:
+            if not (out / "zarr.json").exists():
+                raise
+    store = open_store(out, mode="r+")
+    want = dict(attrs)
+    want.update(
+        manifest_hash=manifest_hash(paths, labels),
+        feature_dim=feature_dim,
+        feature_dtype=opts.feature_dtype,
+        map_shape=list(map_shape) if map_shape else None,
+    )
+    have_c, want_c = _comparable(store.attrs), json.loads(json.dumps(_comparable(want)))
+    diff = [key for key in have_c if have_c[key] != want_c[key]]
+    if diff:
+        raise StoreError(
+            f"{out} was made with different settings ({', '.join(diff)} differ); "
+            "rerun with the same options to resume, --overwrite to start again, or choose another --out"
+        )
+    return store
+
+
+def clean_leftovers(out: Path) -> int:
+    """Files a killed run can leave: zarr's `*.partial` temporaries and half-built `.NAME.creating-*`."""
+    n = 0
+    for d in out.parent.glob(f".{out.name}.creating-*"):
+        shutil.rmtree(d, ignore_errors=True)
+        n += 1
+    for f in out.rglob("*.partial"):
+        f.unlink(missing_ok=True)
+        n += 1
+    return n
+
+
+class ShardBuffer:
+    """Rows of one shard, filled as videos finish; written whole when every video is in."""
+
+    def __init__(self, store: FeatureStore, shard: int, map_shape):
+        self.videos = store.shard_videos(shard)
+        k, n = store.crops_per_video, len(self.videos)
+        self.features = np.zeros((n * k, store.feature_dim), dtype=np.float32)
+        self.boxes = np.full((n * k, 6), -1.0, dtype=np.float32)
+        self.flips = np.zeros(n * k, dtype=bool)
+        self.maps = np.zeros((n * k, *map_shape), dtype=np.float16) if map_shape else None
+        self.metas: list[VideoMeta | None] = [None] * n
+        self.k = k
+
+    def rows(self, video: int) -> slice:
+        i = video - self.videos.start
+        return slice(i * self.k, (i + 1) * self.k)
+
+    @property
+    def complete(self) -> bool:
+        return all(m is not None for m in self.metas)

@@ -1,0 +1,59 @@
+"""Scores of a probe's video-level class probabilities: top-k, per family of classes, per video."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from vcache.store import Cache
+
+
+def topk_accuracy(probs: np.ndarray, labels: np.ndarray, k: int) -> float:
+    k = min(k, probs.shape[1])
+    top = np.argsort(-probs, axis=1)[:, :k]
+    return float((top == labels[:, None]).any(axis=1).mean())
+
+
+def family_accuracy(
+    probs: np.ndarray, labels: np.ndarray, class_names: list[str], families: dict[str, str] | None
+) -> dict[str, dict[str, float]]:
+    """Top-1 per family of classes (e.g. the synthetic set's appearance / order / motion)."""
+    if not families or not class_names:
+        return {}
+    fam_of = np.array([families.get(name, "other") for name in class_names])
+    pred = probs.argmax(1)
+    out = {}
+    for fam in sorted(set(fam_of.tolist())):
+        sel = fam_of[labels] == fam
+        if sel.any():
+            out[fam] = {"top1": float((pred[sel] == labels[sel]).mean()), "n": int(sel.sum())}
+    return out
+
+
+def prediction_rows(cache: Cache, probs: np.ndarray) -> list[dict[str, Any]]:
+    names = cache.class_names
+    top = np.argsort(-probs, axis=1)[:, : min(5, probs.shape[1])]
+    rows = []
+    for i, path in enumerate(cache.paths):
+        rows.append(
+            {
+                "path": path,
+                "label": int(cache.labels[i]),
+                "pred": int(top[i, 0]),
+                "pred_name": names[top[i, 0]] if names else "",
+                "score": float(probs[i, top[i, 0]]),
+                "top5": " ".join(str(int(c)) for c in top[i]),
+            }
+        )
+    return rows
+
+
+def score(probs: np.ndarray, test: Cache, train: Cache) -> tuple[dict[str, float], dict[str, Any]]:
+    metrics = {
+        "top1": topk_accuracy(probs, test.labels, 1),
+        "top5": topk_accuracy(probs, test.labels, 5),
+        "n_test": int(len(test.labels)),
+    }
+    families = test.attrs.get("class_families") or train.attrs.get("class_families")
+    return metrics, family_accuracy(probs, test.labels, test.class_names or train.class_names, families)

@@ -1,0 +1,45 @@
+"""The feature store, the contract between extraction and learning from the cache.
+
+- :mod:`~vcache.store.format`: the Zarr layout, :class:`FeatureStore`, creating and opening a store.
+- :mod:`~vcache.store.cache`: :func:`load_cache`, a store's done videos in memory for stage 2.
+- :mod:`~vcache.store.compat`: provenance and the check that two stores share a backbone.
+- :mod:`~vcache.store.verify`: ``inspect`` (summary), ``verify`` and the HDF5 export.
+- :mod:`~vcache.store.lock`: per-share run locks with heartbeats.
+- Per-video status records (:class:`VideoMeta`, :class:`Reason`) live in :mod:`vcache.data.records`.
+"""
+
+from vcache.data.records import DONE, FAILED, PENDING, STATUS_NAMES, Reason, VideoMeta
+from vcache.store.cache import Cache, cache_nbytes, load_cache
+from vcache.store.compat import check_compatible, store_provenance
+from vcache.store.format import (
+    SCHEMA_VERSION,
+    FeatureStore,
+    StoreError,
+    create_store,
+    manifest_hash,
+    open_store,
+)
+from vcache.store.verify import export_h5, summary, verify
+
+__all__ = [
+    "DONE",
+    "FAILED",
+    "PENDING",
+    "SCHEMA_VERSION",
+    "STATUS_NAMES",
+    "Cache",
+    "FeatureStore",
+    "Reason",
+    "StoreError",
+    "VideoMeta",
+    "cache_nbytes",
+    "check_compatible",
+    "create_store",
+    "export_h5",
+    "load_cache",
+    "manifest_hash",
+    "open_store",
+    "store_provenance",
+    "summary",
+    "verify",
+]
