@@ -1,0 +1,363 @@
+"""Results into markdown: our cells (stat / fmt over the seeds' probe JSONs), the papers' numbers beside
+them (papers.py), one section per table, the orderings each table should show and whether they held
+(verdicts), and render(), which writes OUT/tables.md, OUT/orderings.json and the figures."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from vcache.tables.budgets import ABLATION_COLUMN, COLUMNS, Budget
+from vcache.tables.figures import write_figures
+from vcache.tables.papers import (
+    PAPER_ABL_HEAD,
+    PAPER_CVRL,
+    PAPER_STICA_1B,
+    PAPER_STICA_1F,
+    PAPER_SVT_T4,
+    PAPER_T1,
+    PAPER_T1_BATCHES,
+    PAPER_T4_UCF,
+    PAPER_T5_HMDB,
+    PAPER_T8,
+    PAPER_T9,
+    PAPER_T10,
+    PAPER_T11,
+    PAPER_T11_BATCHES,
+)
+from vcache.tables.plan import PROBES_MAIN
+
+# Our cells: top-1 % over the seeds' probe result JSONs.
+
+
+def _top1(folder: Path) -> float | None:
+    for f in sorted(folder.glob("*.json")):
+        d = json.loads(f.read_text())
+        if isinstance(d, dict) and "metrics" in d:
+            return 100.0 * float(d["metrics"]["top1"])
+    return None
+
+
+def stat(folders: Sequence[Path]) -> tuple[float, float, int] | None:
+    """(mean, std, n) of top-1 % over the seeds' result folders; None when none has a result."""
+    vals = [v for v in (_top1(f) for f in folders) if v is not None]
+    if not vals:
+        return None
+    m = sum(vals) / len(vals)
+    sd = math.sqrt(sum((v - m) ** 2 for v in vals) / (len(vals) - 1)) if len(vals) > 1 else 0.0
+    return m, sd, len(vals)
+
+
+def fmt(s: tuple[float, float, int] | None) -> str:
+    if s is None:
+        return "not run"
+    return f"{s[0]:.1f} ± {s[1]:.1f}" if s[2] > 1 else f"{s[0]:.1f}"
+
+
+# Markdown.
+
+
+def _table(head: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    lines = ["", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
+    return "\n".join(lines) + "\n\n"  # blank lines around: a table must not touch a paragraph
+
+
+ROW_NAMES = {
+    "knn": "k-NN", "scale_knn": "SCALE_k-NN", "linear": "Linear", "scale_linear": "SCALE_linear",
+    "mlp": "MLP", "transformer": "Transformer", "scale_ft": "SCALE_ft",
+}  # fmt: skip
+
+
+def _paper4(v: Sequence[float | None]) -> str:
+    return " / ".join("–" if x is None else f"{x:.2f}" for x in v)
+
+
+HONESTY = (
+    "**Read this first.** These numbers come from a small synthetic dataset (`vcache synth`) or a small "
+    "local copy of UCF-101 / HMDB-51, tiny backbones and minutes of training. The absolute numbers are *not* "
+    "comparable with the papers'. What can carry over is the *ordering* within a table (SCALE_ft above "
+    "Linear, mask 0.25 near the best, decreasing interval sampling above increasing, pretrained above "
+    "random init); "
+    "the last section says which orderings held in this run.\n"
+)
+
+
+# The orderings a table should show, and whether they held.
+
+
+Check = tuple[str, bool | None]  # (ordering, held?) None: a cell is missing
+
+
+def _verdict(ok: bool | None) -> str:
+    return "yes" if ok else "no" if ok is False else "not measured"
+
+
+def _mean(s: tuple[float, float, int] | None) -> float | None:
+    return None if s is None else s[0]
+
+
+def _gt(a: float | None, b: float | None) -> bool | None:
+    return None if a is None or b is None else a > b
+
+
+def _ge_all(a: tuple | None, others: list[tuple | None]) -> bool | None:
+    if a is None or any(o is None for o in others):
+        return None
+    return all(a[0] >= o[0] for o in others)  # type: ignore[index]
+
+
+# One section per table (or group of tables): markdown and its ordering checks.
+
+
+def _main_section(b: Budget, layout: dict[str, Any]) -> tuple[str, list[Check]]:
+    """SCALE Tables 4 / 5: rows = probes, columns = backbones (pretrained beside random init)."""
+    cols = list(b.columns)
+    main = {k: stat(v) for k, v in layout["main"].items()}
+    head = [
+        "",
+        *(COLUMNS[c].title for c in cols),
+        "paper UCF SVT / ρBYOL (T4)",
+        "paper HMDB SVT / ρBYOL (T5)",
+    ]
+    rows = [
+        [
+            ROW_NAMES[p],
+            *(fmt(main[(c, p)]) for c in cols),
+            _paper4(PAPER_T4_UCF[p]),
+            _paper4(PAPER_T5_HMDB[p]),
+        ]
+        for p in PROBES_MAIN
+    ]
+    md = (
+        "\n## SCALE Tables 4 / 5: probes on frozen features, per backbone\n"
+        "Probes: `vcache probe knn|linear|mlp|transformer`; the SCALE_* rows add `--aggregator` (a SCALE "
+        "aggregator trained on the train-mode cache with the default config).\n"
+        + _table(head, rows)
+        + "R(2+1)D / STiCA column: not run (STiCA pretraining is not in the plan yet; see docs/tables.md).\n"
+    )
+    checks: list[Check] = []
+    for c in cols:
+        t = COLUMNS[c].title
+        for row in ("scale_ft", "scale_linear"):
+            ok = _gt(_mean(main[(c, row)]), _mean(main[(c, "linear")]))
+            checks.append((f"{t}: {ROW_NAMES[row]} > Linear", ok))
+        checks.append(
+            (f"{t}: SCALE_k-NN > k-NN", _gt(_mean(main[(c, "scale_knn")]), _mean(main[(c, "knn")])))
+        )
+    for rnd, pre in (("r3d_random", "r3d_cvrl"), ("vit_random", "vit_svt")):
+        if rnd in cols and pre in cols:
+            ok = _gt(_mean(main[(pre, "linear")]), _mean(main[(rnd, "linear")]))
+            checks.append((f"{COLUMNS[pre].title} above random init (Linear)", ok))
+    return md, checks
+
+
+def _paper_t11(k: int, bs: int, t11: dict) -> tuple:
+    """The paper's cell at the same place of the grid: our batch sizes matched by rank to 256 / 512 / 1024."""
+    ours = sorted({x for _, x in t11})
+    paper = PAPER_T11_BATCHES[max(0, len(PAPER_T11_BATCHES) - len(ours)) :]
+    i = min(ours.index(bs), len(paper) - 1)
+    return PAPER_T11.get((k, paper[i]), (None,) * 4)
+
+
+def _ablation_sections(b: Budget, layout: dict[str, Any]) -> tuple[str, list[Check], dict[str, dict]]:
+    """SCALE Tables 8-11, cells = SCALE_ft accuracy as in the paper."""
+    t = {n: {k: stat(v) for k, v in layout[n].items()} for n in ("t8", "t9", "t10", "t11")}
+    note = (
+        "Cells: SCALE_ft (`vcache probe transformer --aggregator`, lr 3e-4, wd 0.05) on "
+        f"{COLUMNS[ABLATION_COLUMN].title}; paper: SVT and ρBYOL features, UCF-101 / HMDB-51, 200 epochs.\n"
+    )
+    md = "\n## SCALE Table 8: loss terms\n" + note + "The paper used mask 0.20 here; we keep 0.25.\n"
+    md += _table(
+        ["losses", "ours", PAPER_ABL_HEAD], [[k, fmt(v), _paper4(PAPER_T8[k])] for k, v in t["t8"].items()]
+    )
+    md += "\n## SCALE Table 9: mask ratio\n" + note
+    md += _table(
+        ["mask", "ours", PAPER_ABL_HEAD], [[k, fmt(v), _paper4(PAPER_T9[k])] for k, v in t["t9"].items()]
+    )
+    md += "\n## SCALE Table 10: transformer capacity\n" + note
+    rows = [[w, d, fmt(v), _paper4(PAPER_T10.get((w, d), (None,) * 4))] for (w, d), v in t["t10"].items()]
+    md += _table(["width", "depth", "ours", PAPER_ABL_HEAD], rows)
+    md += "\n## SCALE Table 11: views per set × batch size\n" + note
+    md += "Batch sizes are fractions of our train set (paper: 256 / 512 / 1024 of ~9.5k videos).\n"
+    rows = [[k, bs, fmt(v), _paper4(_paper_t11(k, bs, t["t11"]))] for (k, bs), v in t["t11"].items()]
+    md += _table(["views per set (2 sets)", "batch", "ours", "paper, batch 256/512/1024 by rank"], rows)
+
+    t8, t9, t10, t11 = t["t8"], t["t9"], t["t10"], t["t11"]
+    checks: list[Check] = [
+        ("T8: SET + MCM ≥ each alone", _ge_all(t8["SET + MCM"], [t8["SET only"], t8["MCM only"]]))
+    ]
+    best = max((v for v in t9.values() if v), key=lambda v: v[0], default=None)
+    at25 = t9.get(0.25)
+    ok = None if best is None or at25 is None else at25[0] >= best[0] - max(best[1], at25[1])
+    checks.append(("T9: mask 0.25 the best or within one std of it", ok))
+    d1 = max((v[0] for (_, d), v in t10.items() if v and d == 1), default=None)
+    d2 = max((v[0] for (_, d), v in t10.items() if v and d >= 2), default=None)
+    checks.append(("T10: best with ≥ 2 layers above best with 1 layer", _gt(d2, d1)))
+    bmax = max(bs for _, bs in t11)
+    hi, lo = t11.get((max(b.views), bmax)), t11.get((min(b.views), bmax))
+    checks.append(
+        (f"T11: {max(b.views)} views above {min(b.views)} (largest batch)", _gt(_mean(hi), _mean(lo)))
+    )
+    return md, checks, t
+
+
+def _t1(runs: dict[str, tuple[str, int, int | str]], marks: dict[str, dict]) -> str:
+    from vcache.store import summary
+
+    rows = []
+    labels = {"scale": "SCALE aggregator on the cache", "e2e": "end-to-end CVRL training of the backbone"}
+    for key, label in labels.items():
+        name, steps, per_step = runs[key]
+        m = marks.get(name) or {}
+        if isinstance(per_step, str):
+            per_step = summary(per_step)["done"] if Path(per_step).exists() else 0
+        samples = steps * per_step
+        if "seconds" not in m or "peak_rss_mb" not in m or not samples:
+            rows.append([label, "not run", "not run", "not run"])
+            continue
+        extra = m["peak_rss_mb"] - m.get("base_rss_mb", 0.0)
+        rows.append([label, f"{m['peak_rss_mb']:.0f}", f"{extra:.0f}", f"{samples / m['seconds']:.1f}"])
+    return (
+        "Ours, on this machine's CPU, the same number of optimiser steps each: peak resident memory of the "
+        "process, the same above the process after importing torch, and training samples/s (videos per "
+        "second of the command's own run time, which includes loading the store or the model, so a lower "
+        "bound). A sample is one video: its cached clip features for SCALE, two decoded and augmented "
+        "clips for CVRL.\n"
+        + _table(["method", "peak RSS (MB)", "above torch import (MB)", "samples/s"], rows)
+        + "Paper (SCALE Table 1, one RTX 3090, ViT-B; GB of VRAM at batch "
+        + " / ".join(str(n) for n in PAPER_T1_BATCHES)
+        + ", samples/s): "
+        + "; ".join(
+            f"{name} " + " / ".join("OOM" if g is None else f"{g:.2f}" for g in gb) + f", {sps:.2f}"
+            for name, (gb, sps) in PAPER_T1.items()
+        )
+        + ".\n"
+    )
+
+
+def _cvrl_section(layout: dict[str, Any]) -> tuple[str, list[Check]]:
+    """CVRL Fig. 3 (interval distribution) and Table 9 (consistent vs per-frame augmentation)."""
+    cv = {k: stat(v) for k, v in layout["cvrl"].items()}
+    names = {
+        "r3d_cvrl": "decreasing interval, consistent aug",
+        "cvrl_uniform": "uniform interval",
+        "cvrl_increasing": "increasing interval",
+        "cvrl_perframe": "per-frame (inconsistent) aug",
+    }
+    rows = [[name, fmt(cv[k]), PAPER_CVRL[k]] for k, name in names.items()]
+    md = (
+        "\n## CVRL Fig. 3 and Table 9: interval distribution, consistent augmentation\n"
+        "Cells: `vcache probe linear` on cvrl_r3d_narrow features after `vcache pretrain cvrl` with the "
+        "setting named; paper: linear evaluation on Kinetics-400 (Fig. 3 gives its numbers only in a plot).\n"
+        + _table(["pretraining", "ours (linear)", "paper"], rows)
+    )
+    g = {k: _mean(v) for k, v in cv.items()}
+    return md, [
+        ("CVRL: decreasing above increasing interval", _gt(g["r3d_cvrl"], g["cvrl_increasing"])),
+        ("CVRL: consistent above per-frame augmentation", _gt(g["r3d_cvrl"], g["cvrl_perframe"])),
+    ]
+
+
+def _svt_section(layout: dict[str, Any]) -> tuple[str, list[Check]]:
+    """SVT Table 4: which correspondence losses are on."""
+    sv = {k: {p: stat(v) for p, v in d.items()} for k, d in layout["svt"].items()}
+    names = {"svt_nomotion": "cross-view (l→g) only", "svt_nocross": "motion (g→g) only", "vit_svt": "both"}
+    paper = {k: f"{ucf:.2f} / {hmdb:.2f}" for k, (ucf, hmdb) in PAPER_SVT_T4.items()}
+    rows = [[names[k], fmt(sv[k]["knn"]), fmt(sv[k]["linear"]), paper[k]] for k in names]
+    md = (
+        "\n## SVT Table 4: correspondence losses\n"
+        "Cells: `vcache probe knn` and `vcache probe linear` on vit_video_tiny features after "
+        "`vcache pretrain svt`; paper: linear evaluation, "
+        " UCF-101 / HMDB-51 (ViT-B pretrained on Kinetics-400).\n"
+        + _table(["losses on", "ours k-NN", "ours linear", "paper UCF / HMDB"], rows)
+    )
+    alone = [sv["svt_nomotion"]["linear"], sv["svt_nocross"]["linear"]]
+    return md, [("SVT: both losses ≥ each alone (linear)", _ge_all(sv["vit_svt"]["linear"], alone))]
+
+
+def _stica_section(layout: dict[str, Any]) -> tuple[str, list[Check]]:
+    """STiCA Table 1f (from the benchmark's JSON) and Table 1b (head-only, trunk frozen)."""
+    f = Path(__file__).resolve().parents[2] / "benchmarks" / "results" / "stica.json"
+    md = "\n## STiCA Table 1f: step cost of input crops vs feature crops\n"
+    if f.exists():
+        d = json.loads(f.read_text())
+        fr, tr, setting = d.get("flop_ratio", {}), d.get("time_ratio", {}), d.get("setting", {})
+        md += (
+            "From `benchmarks/bench_stica.py` (benchmarks/results/stica.json, not remeasured here): "
+            f"{setting.get('timed_backbone', '?')} on {setting.get('timed_device', '?')}.\n"
+        )
+        gpu_h = {k: f"{v:.1f} ({v / PAPER_STICA_1F['a']:.2f})" for k, v in PAPER_STICA_1F.items()}
+        md += _table(
+            ["setting", "ours FLOPs ratio", "ours time ratio", "paper GPU-h/epoch (ratio)"],
+            [
+                ["2 input crops 112² (a)", "1.00", "1.00", gpu_h["a"]],
+                ["2 × 112² + 6 × 96² input crops (b)", f"{fr.get('b/a', float('nan')):.2f}",
+                 f"{tr.get('b/a', float('nan')):.2f}", gpu_h["b"]],
+                ["2 × 112² + feature crops (c)", f"{fr.get('c/a', float('nan')):.2f}",
+                 f"{tr.get('c/a', float('nan')):.2f}", gpu_h["c"]],
+            ],
+        )  # fmt: skip
+    else:
+        md += "not run: benchmarks/results/stica.json is missing (`python benchmarks/bench_stica.py`).\n"
+    st = {k: stat(v) for k, v in layout["stica_1b"].items()}
+    md += (
+        "\n## STiCA Table 1b: feature-crop settings (head-only STiCA, trunk frozen)\n"
+        "Cells: `vcache probe linear` on `vcache stica-embed` embeddings from a head trained by `vcache "
+        "train-aggregator stica` on a pairs-mode map store of a frozen, randomly initialised "
+        "r2plus1d_18_narrow trunk (64 px: 4 × 4 cells; sizes 7 / 6 / 4 and 4 / 3 / 2 of the paper's map "
+        "become "
+        "full / full − 1 / half of ours). The paper trains the trunk end to end (HMDB-51 accuracy after 100 "
+        "epochs, audio-visual); end-to-end `vcache pretrain stica` is not run here.\n"
+        + _table(
+            ["spatial, temporal feature crops", "ours (linear)", "paper"],
+            [[k, fmt(v), f"{PAPER_STICA_1B[k]:.1f}"] for k, v in st.items()],
+        )  # fmt: skip
+    )
+    rows = list(st.values())
+    ok = _gt(_mean(rows[-1]), _mean(rows[0]))
+    return md, [("STiCA 1b (head-only): the paper's best view set above no feature crops", ok)]
+
+
+def render(b: Budget, layout: dict[str, Any], marks: dict[str, dict], out: Path, src_note: str) -> Path:
+    """Write OUT/tables.md, OUT/orderings.json and the Table 8-11 figures; returns the markdown path."""
+    out.mkdir(parents=True, exist_ok=True)
+    ns = len(b.seeds)
+    seeds_note = f"mean ± std over {ns} stage-2 seeds" if ns > 1 else "one stage-2 seed (QUICK)"
+    scale = (
+        f"Scale: {src_note}; {b.crops} train crops and {b.layout} eval clips per video; aggregators "
+        f"{b.agg_epochs} epochs, probes ≤ {b.probe_epochs} epochs; CVRL {b.cvrl_steps} and SVT {b.svt_steps} "
+        f"pretraining steps of {b.pre_batch} videos (papers: Kinetics-400 pretraining for "
+        "hundreds of epochs, ViT-B / R3D-50 / R(2+1)D-18 backbones at 112-224 px)."
+    )
+    md = [
+        f"# The papers' tables, rebuilt ({b.name} budget)\n\n",
+        HONESTY,
+        f"\n{scale}\n\nCells: top-1 %, {seeds_note}.\n",
+    ]
+    checks: list[Check] = []
+    part, c = _main_section(b, layout)
+    md.append(part)
+    checks += c
+    part, c, abl = _ablation_sections(b, layout)
+    md.append(part)
+    checks += c
+    md.append("\n## SCALE Table 1: cost of training on the cache vs end to end\n" + _t1(layout["t1"], marks))
+    for section in (_cvrl_section, _svt_section):
+        part, c = section(layout)
+        md.append(part)
+        checks += c
+    part, c = _stica_section(layout)
+    md.append(part)
+    checks += c
+    md.append("\n## Which orderings reproduced in this run\n")
+    md += [f"- {_verdict(ok)}: {name}\n" for name, ok in checks]
+    figs = write_figures(out, abl["t8"], abl["t9"], abl["t10"], abl["t11"])
+    md.append("\nFigures: " + ", ".join(f"[{f.name}]({f.name})" for f in figs) + "\n")
+    path = out / "tables.md"
+    path.write_text("".join(md))
+    (out / "orderings.json").write_text(json.dumps({n: ok for n, ok in checks}, indent=1) + "\n")
+    return path

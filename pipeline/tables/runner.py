@@ -1,0 +1,143 @@
+"""The step cache of `reproduce-tables`: a Plan of Steps (each one `vcache ...` command line) and run_plan.
+
+A step is skipped when its marker in ``WORK/.steps/`` holds the same key; the key hashes the step's argv
+and the keys of the steps it reads from, so changing one option reruns that step and everything
+downstream, nothing else. Steps run in this process through the typer app (the same parser and commands
+as the console script, without paying the torch import per step) or, with ``executor="subprocess"``, one
+process each. Steps marked ``measure`` (SCALE Table 1) always run as subprocesses: their peak resident
+memory comes from ``os.wait4``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+@dataclass
+class Step:
+    """One `vcache` invocation; `outputs` are removed before a rerun so that a changed step starts clean."""
+
+    name: str
+    argv: list[str]
+    outputs: list[Path]
+    deps: list[str] = field(default_factory=list)
+    measure: bool = False  # always a subprocess; wall time and peak RSS recorded (Table 1)
+
+
+class Plan:
+    def __init__(self) -> None:
+        self.steps: dict[str, Step] = {}
+
+    def add(self, step: Step) -> str:
+        """Add a step (a step of the same name is shared: tables that need the same run get one run)."""
+        old = self.steps.get(step.name)
+        if old is not None and old.argv != step.argv:
+            raise ValueError(f"two different steps named {step.name!r}")
+        self.steps.setdefault(step.name, step)
+        return step.name
+
+
+def _run_inprocess(argv: list[str], log: Path) -> int:
+    """Run the `vcache` typer app on ARGV in this process (its output goes to LOG)."""
+    from vcache.cli.app import app
+
+    with open(log, "w") as fh, contextlib.redirect_stdout(fh), contextlib.redirect_stderr(fh):
+        rc = app(argv, standalone_mode=False, prog_name="vcache")
+    return rc if isinstance(rc, int) else 0
+
+
+# Subprocess steps run as two processes. The inner one imports the CLI, notes its resident memory, runs the
+# command and writes the command's own wall time (interpreter and import start-up excluded). The outer one is
+# a fresh small interpreter that waits for it with wait4: a child forked straight from this (large) process
+# would inherit its RSS high-water mark through fork + exec and report it as its own peak.
+_INNER = (
+    "import json, os, sys, time\n"
+    "from vcache.cli.app import app\n"
+    "import torch  # noqa: the baseline below includes torch, which every command loads\n"
+    "base = int(open('/proc/self/statm').read().split()[1]) * os.sysconf('SC_PAGE_SIZE') / 2**20\n"
+    "t = time.perf_counter()\n"
+    "rc = app(sys.argv[2:], standalone_mode=False, prog_name='vcache')\n"
+    "json.dump({'seconds': time.perf_counter() - t, 'base_rss_mb': base}, open(sys.argv[1], 'w'))\n"
+    "sys.exit(rc if isinstance(rc, int) else 0)\n"
+)
+_OUTER = (
+    "import os, subprocess, sys\n"
+    "p = subprocess.Popen(sys.argv[2:])\n"
+    "_, st, ru = os.wait4(p.pid, 0)\n"
+    "open(sys.argv[1], 'w').write(str(ru.ru_maxrss))\n"
+    "sys.exit(os.waitstatus_to_exitcode(st))\n"
+)
+
+
+def _run_subprocess(argv: list[str], log: Path) -> tuple[int, dict[str, float]]:
+    """Run the `vcache` command ARGV in its own process; returns (exit code, measurements): the command's
+    seconds, the peak RSS of its process and its RSS after the imports (both MB; Linux only)."""
+    rss_file, timing = log.with_suffix(".maxrss"), log.with_suffix(".timing")
+    rss_file.unlink(missing_ok=True)
+    timing.unlink(missing_ok=True)
+    inner = [sys.executable, "-c", _INNER, str(timing), *argv]
+    with open(log, "w") as fh:
+        rc = subprocess.run(
+            [sys.executable, "-c", _OUTER, str(rss_file), *inner], stdout=fh, stderr=subprocess.STDOUT
+        ).returncode
+    got: dict[str, float] = json.loads(timing.read_text()) if timing.exists() else {}
+    if rss_file.exists():
+        got["peak_rss_mb"] = float(rss_file.read_text()) / 1024.0  # Linux: ru_maxrss in KB
+    return rc, got
+
+
+def run_plan(
+    plan: Plan, work: Path, executor: str = "inprocess", echo: Callable[[str], None] = print
+) -> dict[str, dict]:
+    """Run every step whose key changed; return each step's marker (key, argv, seconds, peak RSS)."""
+    marks = work / ".steps"
+    logs = work / "logs"
+    marks.mkdir(parents=True, exist_ok=True)
+    logs.mkdir(parents=True, exist_ok=True)
+    keys: dict[str, str] = {}
+    done: dict[str, dict] = {}
+    ran = 0
+    for i, step in enumerate(plan.steps.values(), 1):
+        h = hashlib.sha1(json.dumps([step.argv, [keys[d] for d in step.deps]]).encode())
+        keys[step.name] = key = h.hexdigest()[:16]
+        mark = marks / f"{step.name.replace('/', '__')}.json"
+        if mark.exists():
+            old = json.loads(mark.read_text())
+            if old.get("key") == key and all(p.exists() for p in step.outputs):
+                done[step.name] = old
+                continue
+        for p in step.outputs:  # a changed step starts from nothing (resumable commands would mix runs)
+            shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+        echo(f"[{i}/{len(plan.steps)}] vcache {' '.join(step.argv)}")
+        t0 = time.perf_counter()
+        measured: dict[str, float] = {}
+        log = logs / f"{step.name.replace('/', '__')}.log"
+        if step.measure or executor == "subprocess":
+            rc, measured = _run_subprocess(step.argv, log)
+        else:
+            rc = _run_inprocess(step.argv, log)
+        secs = time.perf_counter() - t0
+        if rc != 0:
+            tail = (
+                "".join(log.read_text(errors="replace").splitlines(keepends=True)[-15:])
+                if log.exists()
+                else ""
+            )
+            raise RuntimeError(
+                f"step {step.name} failed (exit {rc}): vcache {' '.join(step.argv)}\n{log}:\n{tail}"
+            )
+
+        done[step.name] = {"key": key, "argv": step.argv, "wall_s": secs, "seconds": secs, **measured}
+        mark.write_text(json.dumps(done[step.name], indent=1))
+        ran += 1
+    echo(f"{ran} of {len(plan.steps)} steps run, {len(plan.steps) - ran} cached")
+    return done
