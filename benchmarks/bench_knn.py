@@ -1,4 +1,4 @@
-"""k-NN search benchmark: FAISS exact inner product (vcache.knn.search) against scikit-learn brute force.
+"""k-NN search benchmark: FAISS exact inner product (vcache.learn.knn.search) against scikit-learn brute force.
 
 Setting (issue 4): 100k train vectors x 768 dims, 2k queries, k = 20, float32, L2-normalised so that inner
 product = cosine. scikit-learn: NearestNeighbors(algorithm="brute", metric="cosine"). Both pinned to the same
@@ -26,7 +26,7 @@ import numpy as np
 from sklearn.neighbors import NearestNeighbors
 from threadpoolctl import threadpool_limits
 
-from vcache.knn import search
+from vcache.learn.knn import search
 
 
 def timed(fn, repeats: int) -> tuple[float, list[float], object]:

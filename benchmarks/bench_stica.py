@@ -4,7 +4,7 @@ Three settings on the same backbone and the same batch of videos (STiCA Table 1a
   (a) 2 input crops at 112^2 per video, each pooled by the temporal head as one view;
   (b) (a) plus 6 small input crops at 96^2 per video (multi-crop in input space);
   (c) (a) plus the feature crops (2 x 6^2 + 4 x 4^2 in space, 2 x 3 + 1 x 2 in time per large crop),
-      cut from the two 112^2 maps (vcache.stica).
+      cut from the two 112^2 maps (vcache.learn.stica).
 Every setting runs the trunk forward and backward, the temporal-transformer head, the loss and an SGD step.
 Clips are 32 frames (R(2+1)D-18's 4 x 7 x 7 map at 112 px). The paper: (c) costs about what (a) costs; at
 equal batch the FLOP ratio (b) / (a) is about 3.2x (and Table 1f: 100.7 vs 29.3 GPU-h/epoch with smaller
@@ -35,8 +35,8 @@ import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from vcache.backbones import build_backbone
-from vcache.stica import HeadConfig, TemporalHead, ViewConfig, sample_views, within_video_loss
+from vcache.learn.stica import HeadConfig, TemporalHead, ViewConfig, sample_views, within_video_loss
+from vcache.models import build_backbone
 
 FRAMES = 32
 

@@ -48,7 +48,8 @@ def scale_cmd(
     options.check_device(device)
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from vcache.learn.scale import ScaleConfig, ShardStream, train_scale
+    from vcache.learn.aggregator import ScaleConfig
+    from vcache.learn.scale import ShardStream, train_scale
     from vcache.store import StoreError, cache_nbytes, load_cache
 
     if out.exists() and not resume:

@@ -2,7 +2,7 @@
 `vcache stica-embed` (a trained head -> an ordinary feature store that `vcache probe` evaluates) and
 `vcache pretrain stica` (end to end, trunk trainable).
 
-The commands parse options and call vcache.stica; torch loads inside the commands.
+The commands parse options and call vcache.learn.stica; torch loads inside the commands.
 """
 
 from __future__ import annotations
@@ -63,7 +63,7 @@ def stica_cmd(
     options.check_device(device)
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from vcache.stica import MODE_NAME, PairMaps, SticaConfig, default_view_config, train_stica
+    from vcache.learn.stica import MODE_NAME, PairMaps, SticaConfig, default_view_config, train_stica
     from vcache.store import StoreError
 
     if out.exists() and not resume:
@@ -158,7 +158,7 @@ def stica_embed_cmd(
     `vcache probe knn TRAIN_EMB TEST_EMB --out results --retrieval` or `vcache probe linear ...`.
     """
     options.check_device(device)
-    from vcache.stica import MODE_NAME, export_embeddings
+    from vcache.learn.stica import MODE_NAME, export_embeddings
     from vcache.store import StoreError
 
     if not head.is_file():
@@ -215,8 +215,8 @@ def pretrain_stica_cmd(
     """End-to-end STiCA (video only): feature crops + temporal transformer with the trunk trainable."""
     options.check_device(device)
     from vcache.data.datasets import ManifestError, load_manifest
+    from vcache.learn.stica import ViewConfig
     from vcache.pretrain.stica import MODE_NAME, PretrainSticaConfig, pretrain_stica
-    from vcache.stica import ViewConfig
 
     if out.exists() and not resume:
         fail(f"{out} exists: pass --resume to continue it, or choose another --out")

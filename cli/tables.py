@@ -31,4 +31,6 @@ def reproduce_tables_cmd(
     the papers' tables beside ours. A rerun redoes only the steps whose command line or inputs changed."""
     from vcache.tables import reproduce
 
-    reproduce(quick=quick, out=out, work=work, data=data, splits=splits, fmt_=format, executor=executor)
+    reproduce(
+        quick=quick, out=out, work=work, data=data, splits=splits, fmt_=format, executor=executor, app=app
+    )

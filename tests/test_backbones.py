@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from vcache.backbones import (
+from vcache.models import (
     KINETICS_MEAN,
     KINETICS_STD,
     Preprocessing,
@@ -22,7 +22,7 @@ from vcache.backbones import (
     load_checkpoint,
     save_checkpoint,
 )
-from vcache.vit import interpolate_pos_embed
+from vcache.models.vit import interpolate_pos_embed
 
 FIXTURE = Path(__file__).parent / "data" / "torchvision-video-state-dicts.json"  # from shared/fixtures
 STANDARD = ["r3d_18", "r2plus1d_18", "mc3_18"]
@@ -279,7 +279,7 @@ def test_preprocessing_dict_round_trip():
 USER_MODULE = """
 import torch
 from torch import nn
-from vcache.backbones import r3d_18_narrow
+from vcache.models import r3d_18_narrow
 
 class Plain(nn.Module):
     def __init__(self, width):

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from vcache.crops import CropSettings, cut, decode_size, parse_layout, resize_matrix, sample_crops
+from vcache.data.crops import CropSettings, cut, decode_size, parse_layout, resize_matrix, sample_crops
 
 TRAIN = CropSettings(mode="train", clip_frames=8, frame_stride=2, input_size=32, resize_short=37)
 

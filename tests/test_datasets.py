@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from vcache.datasets import FORMATS, Manifest, ManifestError, load_manifest
+from vcache.data.datasets import FORMATS, Manifest, ManifestError, load_manifest
 
 
 def touch(root: Path, *rels: str) -> None:

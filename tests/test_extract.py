@@ -12,11 +12,11 @@ import zarr
 from typer.testing import CliRunner
 from videos import gradient_video, random_video, write_video
 
-from vcache.backbones import build_backbone
 from vcache.cli.app import app
-from vcache.crops import CropSettings
-from vcache.datasets import load_manifest
+from vcache.data.crops import CropSettings
+from vcache.data.datasets import load_manifest
 from vcache.extract import EXIT_OK, EXIT_SOME_FAILED, ExtractOptions, extract
+from vcache.models import build_backbone
 from vcache.store import DONE, FAILED, Reason, StoreError, load_cache, open_store
 
 VCACHE = [sys.executable, "-m", "vcache.cli"]

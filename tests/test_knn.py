@@ -5,7 +5,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from vcache.knn import center_normalize, knn_classify, retrieval_recall, search, video_vectors, weighted_vote
+from vcache.learn.knn import (
+    center_normalize,
+    knn_classify,
+    retrieval_recall,
+    search,
+    video_vectors,
+    weighted_vote,
+)
 
 
 def _data(seed: int = 0, n_train: int = 300, n_test: int = 40, d: int = 24, c: int = 7):

@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from vcache.losses import info_nce, mcm_loss, set_loss, symmetric_info_nce
+from vcache.learn.losses import info_nce, mcm_loss, set_loss, symmetric_info_nce
 
 
 def _unit(*shape: int, seed: int = 0) -> torch.Tensor:

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vcache.losses_ssl import dino_loss, ema_update, info_nce, svt_pairs, teacher_targets, update_center
+from vcache.pretrain.losses import dino_loss, ema_update, info_nce, svt_pairs, teacher_targets, update_center
 
 
 def _info_nce_reference(z1: torch.Tensor, z2: torch.Tensor, tau: float) -> float:

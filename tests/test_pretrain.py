@@ -13,12 +13,14 @@ import torch
 from scipy.stats import chisquare
 from torch import nn
 
-from vcache.backbones import build_backbone
+from vcache.models import build_backbone
+from vcache.models.vit import VideoViT, interpolate_pos_embed
 from vcache.pretrain.augment import apply_aug, cvrl_settings, draw_aug
-from vcache.pretrain.common import DistBatchNorm, DistContext, GlobalBatchSampler, list_videos, state_path
 from vcache.pretrain.cvrl import CVRLConfig, clip_starts, sample_interval, train_cvrl
+from vcache.pretrain.data import GlobalBatchSampler, list_videos
+from vcache.pretrain.loop import state_path
 from vcache.pretrain.svt import SVTConfig, train_svt
-from vcache.vit import VideoViT, interpolate_pos_embed
+from vcache.runtime.distributed import DistBatchNorm, DistContext
 
 D = 12
 

@@ -10,7 +10,7 @@ import pytest
 from stage2_helpers import backbone_attrs, make_store
 from typer.testing import CliRunner
 
-from vcache.probes import (
+from vcache.learn.probes import (
     ProbeSettings,
     load_pair,
     low_shot_indices,
@@ -19,7 +19,7 @@ from vcache.probes import (
     train_val_split,
     write_results,
 )
-from vcache.scale import ScaleConfig, train_scale
+from vcache.learn.scale import ScaleConfig, train_scale
 from vcache.store import StoreError, load_cache
 
 FAST = {"width": 32, "depth": 2, "device": "cpu", "batch_size": 16}

@@ -24,12 +24,12 @@ from videos import (
     write_video,
 )
 
-from vcache.backbones import build_backbone
-from vcache.crops import CropSettings
-from vcache.datasets import load_manifest
+from vcache.data.crops import CropSettings
+from vcache.data.datasets import load_manifest
 from vcache.extract import ExtractOptions, extract
-from vcache.lock import LOCK_DIR
+from vcache.models import build_backbone
 from vcache.store import DONE, FAILED, PENDING, Reason, open_store, verify
+from vcache.store.lock import LOCK_DIR
 
 VC = [sys.executable, "-m", "vcache.cli"]
 TORCHRUN = str(Path(sys.executable).parent / "torchrun")
@@ -218,8 +218,8 @@ def test_bad_input_suite(tiny_dataset, tmp_path):
 
 _PEAK_RSS = """
 import resource, sys
-from vcache.crops import CropSettings
-from vcache.workers import DecodeTask, decode_task
+from vcache.data.crops import CropSettings
+from vcache.extract.workers import DecodeTask, decode_task
 s = CropSettings(mode="train", clip_frames=16, frame_stride=2, input_size=64, resize_short=73)
 r = decode_task(DecodeTask(0, sys.argv[1], "v", s))
 assert r.crops is not None, r.meta

@@ -6,16 +6,10 @@ import pytest
 import torch
 from stage2_helpers import backbone_attrs, make_store
 
-from vcache.scale import (
-    ScaleAggregator,
-    ScaleConfig,
-    check_compatible,
-    load_aggregator,
-    load_checkpoint,
-    sample_sets,
-    train_scale,
-)
-from vcache.store import StoreError, load_cache
+from vcache.learn.aggregator import ScaleAggregator, ScaleConfig, sample_sets
+from vcache.learn.checkpoints import load_aggregator, load_checkpoint
+from vcache.learn.scale import train_scale
+from vcache.store import StoreError, check_compatible, load_cache
 
 TINY = {"width": 32, "depth": 2, "proj_dim": 16, "batch_size": 16}
 
@@ -122,7 +116,7 @@ def test_incompatible_backbones_are_refused():
 def test_a_store_too_large_for_memory_streams_by_shard(train_cache, tmp_path):
     """A ShardStream with room for every shard trains exactly as the loaded cache; a small budget streams
     groups of shards (16 videos a shard here) and still trains."""
-    from vcache.scale import ShardStream
+    from vcache.learn.scale import ShardStream
 
     path, cache = train_cache
     cfg = ScaleConfig(feature_dim=16, epochs=2, **TINY)

@@ -14,7 +14,7 @@ from stage2_helpers import backbone_attrs
 from typer.testing import CliRunner
 
 from vcache.cli.app import app
-from vcache.stica import (
+from vcache.learn.stica import (
     HeadConfig,
     PairMaps,
     SticaConfig,
@@ -240,7 +240,7 @@ def test_resume_continues_like_an_uninterrupted_run(tmp_path):
 
 # -- the head's embeddings in the probes ----------------------------------------------------------------
 def test_trained_head_embeddings_feed_the_probes(tmp_path):
-    from vcache.probes import ProbeSettings, load_pair, run_knn, run_probe
+    from vcache.learn.probes import ProbeSettings, load_pair, run_knn, run_probe
 
     pairs = make_map_store(tmp_path / "pairs.zarr", n_videos=20)
     train_eval = make_map_store(tmp_path / "train.zarr", n_videos=20, mode="eval", k=3, seed=1)
@@ -294,10 +294,10 @@ def test_cli_trains_refuses_small_maps_and_embeds(tmp_path):
 
 # -- real videos: a pairs store through the extraction engine, and end-to-end pretraining ---------------
 def test_pairs_store_from_real_videos_trains_and_embeds(tiny_dataset, tmp_path):
-    from vcache.backbones import build_backbone
-    from vcache.crops import CropSettings
-    from vcache.datasets import load_manifest
+    from vcache.data.crops import CropSettings
+    from vcache.data.datasets import load_manifest
     from vcache.extract import ExtractOptions, extract
+    from vcache.models import build_backbone
 
     model = build_backbone("r2plus1d_18_narrow")
     settings = CropSettings(
@@ -319,7 +319,7 @@ def test_pairs_store_from_real_videos_trains_and_embeds(tiny_dataset, tmp_path):
 
 
 def test_pretrain_stica_runs_two_steps_and_saves_a_loadable_checkpoint(tiny_dataset, tmp_path):
-    from vcache.backbones import build_backbone, load_checkpoint
+    from vcache.models import build_backbone, load_checkpoint
 
     out = tmp_path / "stica.pt"
     args = ["pretrain", "stica", str(tiny_dataset), "--out", str(out), "--backbone", "r2plus1d_18_narrow",

@@ -11,8 +11,8 @@ import pytest
 from typer.testing import CliRunner
 
 from vcache.cli.app import app
-from vcache.datasets import load_manifest
-from vcache.synth import COLOURS, DIRECTIONS, class_families, class_list, generate
+from vcache.data.datasets import load_manifest
+from vcache.data.synth import COLOURS, DIRECTIONS, class_families, class_list, generate
 
 FRAMES, SIZE = 16, 64  # 16 frames for speed; the default is 64
 

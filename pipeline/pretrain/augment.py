@@ -8,7 +8,7 @@ variant of the paper's Table 9). SVT (Sec. 3.2.4) uses the same consistent schem
 
 Choices where the papers are silent:
 - the crop is RandomResizedCrop-style (area fraction uniform, aspect log-uniform, 10 tries, then the
-  whole frame), cut with :func:`vcache.crops.cut` (bilinear resize by matrix products, DESIGN.md);
+  whole frame), cut with :func:`vcache.data.crops.cut` (bilinear resize by matrix products, DESIGN.md);
 - colour jitter is SimCLR's at strength 1 (brightness, contrast, saturation 0.8, hue 0.2) in a random
   order drawn once; the hue shift is a rotation of the chroma plane in YIQ space (a linear stand-in for
   torchvision's HSV shift); greyscale uses the ITU-R 601 luma weights;

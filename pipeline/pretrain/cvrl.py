@@ -22,9 +22,18 @@ from torch import Tensor, nn
 from vcache.models import VideoBackbone, build_backbone
 from vcache.pretrain.augment import AugSettings, cvrl_settings, draw_aug
 from vcache.pretrain.data import ClipDataset, GlobalBatchSampler, ViewPlan, make_loader
-from vcache.pretrain.loop import TrainProgress, cosine_schedule, finish_run, finite_or_raise, load_state, param_groups, save_state, state_path
-from vcache.runtime.distributed import DistContext, all_gather_grad, convert_batchnorm, mean_over_ranks
+from vcache.pretrain.loop import (
+    TrainProgress,
+    cosine_schedule,
+    finish_run,
+    finite_or_raise,
+    load_state,
+    param_groups,
+    save_state,
+    state_path,
+)
 from vcache.pretrain.losses import info_nce
+from vcache.runtime.distributed import DistContext, all_gather_grad, convert_batchnorm, mean_over_ranks
 
 __all__ = ["PRESETS", "CVRLConfig", "ProjectionHead", "clip_starts", "sample_interval", "train_cvrl"]
 

@@ -36,7 +36,7 @@ def list_videos(
     """Absolute paths of the videos to pretrain on (labels are not used).
 
     ``folder``: every video file under ``root`` (recursively; no class folders needed). Other formats go
-    through :func:`vcache.datasets.load_manifest` (e.g. ``ucf101`` with its split lists).
+    through :func:`vcache.data.datasets.load_manifest` (e.g. ``ucf101`` with its split lists).
     """
     root = Path(root).expanduser()
     if fmt == "folder":

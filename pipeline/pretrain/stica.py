@@ -2,8 +2,8 @@
 
 The paper's setting (STiCA Sec. 3.2-3.4), video only: per video and step, two large input crops L_1, L_2
 sharing one temporal extent (`vcache.data.crops` mode `pairs`, one pair drawn per video and epoch), the trunk
-gives their T' x H' x W' maps, and `vcache.stica` crops them into the view sets T_1, T_2, pools each view
-with the temporal transformer and applies the within-video loss (eq. 6). The paper's cross-modal
+gives their T' x H' x W' maps, and `vcache.learn.stica` crops them into the view sets T_1, T_2, pools each
+view with the temporal transformer and applies the within-video loss (eq. 6). The paper's cross-modal
 audio-visual term (eq. 7, temperature 0.1) is left out: there is no audio here.
 
 The trunk is written with `vcache.models.save_checkpoint`, so `vcache extract --checkpoint` loads it
@@ -32,8 +32,8 @@ import torch
 
 from vcache.data.crops import CropSettings
 from vcache.extract.workers import DecodePool, DecodeTask
+from vcache.learn.stica import HeadConfig, TemporalHead, ViewConfig, train_step
 from vcache.models import VideoBackbone, build_backbone, save_checkpoint
-from vcache.stica import HeadConfig, TemporalHead, ViewConfig, train_step
 from vcache.store import DONE
 
 METHOD = "stica"

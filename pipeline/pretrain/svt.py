@@ -35,9 +35,18 @@ from torch import Tensor, nn
 from vcache.models import VideoBackbone, build_backbone
 from vcache.pretrain.augment import dino_settings, draw_aug
 from vcache.pretrain.data import ClipDataset, GlobalBatchSampler, ViewPlan, make_loader
-from vcache.pretrain.loop import TrainProgress, cosine_schedule, finish_run, finite_or_raise, load_state, param_groups, save_state, state_path
-from vcache.runtime.distributed import DistContext, mean_over_ranks
+from vcache.pretrain.loop import (
+    TrainProgress,
+    cosine_schedule,
+    finish_run,
+    finite_or_raise,
+    load_state,
+    param_groups,
+    save_state,
+    state_path,
+)
 from vcache.pretrain.losses import dino_loss, ema_update, svt_pairs, update_center
+from vcache.runtime.distributed import DistContext, mean_over_ranks
 
 __all__ = ["PRESETS", "DINOHead", "SVTConfig", "segment_frames", "train_svt"]
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from vcache.tables.budgets import ABLATION_COLUMN, COLUMNS, FULL, QUICK, AggCfg, Budget, Column
 from vcache.tables.markdown import HONESTY, ROW_NAMES, Check, fmt, render, stat
@@ -81,11 +82,13 @@ def reproduce(
     fmt_: str = "ucf101",
     executor: str | None = None,
     echo: Callable[[str], None] = print,
+    app: Callable[..., Any] | None = None,
 ) -> Path:
     """Build the plan, run what changed, write OUT/tables.md and the figures. Returns the markdown path.
 
     data/splits: a local UCF-101 (or HMDB-51 with fmt_="hmdb51") copy instead of the synthetic set.
     executor: "inprocess" (default: no torch import per step) or "subprocess" (each step isolated).
+    app: the `vcache` typer app that in-process steps run (`vcache.cli.app.app`).
     """
     b = QUICK if quick else FULL
     out = Path(out)
@@ -98,7 +101,7 @@ def reproduce(
     executor = executor or "inprocess"
     t0 = time.perf_counter()
     bl, layout = build(b, work, src)
-    marks = run_plan(bl.plan, work, executor, echo)
+    marks = run_plan(bl.plan, work, executor, echo, app)
     src_note = (
         f"synthetic `{b.task}` task, {b.train} train / {b.test} test videos of {b.frames} frames at {b.size}²"
         if src is None

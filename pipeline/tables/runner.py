@@ -20,6 +20,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 
 @dataclass
@@ -46,10 +47,8 @@ class Plan:
         return step.name
 
 
-def _run_inprocess(argv: list[str], log: Path) -> int:
+def _run_inprocess(app: Callable[..., Any], argv: list[str], log: Path) -> int:
     """Run the `vcache` typer app on ARGV in this process (its output goes to LOG)."""
-    from vcache.cli.app import app
-
     with open(log, "w") as fh, contextlib.redirect_stdout(fh), contextlib.redirect_stderr(fh):
         rc = app(argv, standalone_mode=False, prog_name="vcache")
     return rc if isinstance(rc, int) else 0
@@ -96,9 +95,18 @@ def _run_subprocess(argv: list[str], log: Path) -> tuple[int, dict[str, float]]:
 
 
 def run_plan(
-    plan: Plan, work: Path, executor: str = "inprocess", echo: Callable[[str], None] = print
+    plan: Plan,
+    work: Path,
+    executor: str = "inprocess",
+    echo: Callable[[str], None] = print,
+    app: Callable[..., Any] | None = None,
 ) -> dict[str, dict]:
-    """Run every step whose key changed; return each step's marker (key, argv, seconds, peak RSS)."""
+    """Run every step whose key changed; return each step's marker (key, argv, seconds, peak RSS).
+
+    In-process steps run ``app``, the `vcache` typer app (`vcache.cli.app.app`), handed in by the caller so
+    that this library package never imports the command line that imports it."""
+    if executor == "inprocess" and app is None:
+        raise ValueError("in-process steps need the vcache typer app: pass app=, or executor='subprocess'")
     marks = work / ".steps"
     logs = work / "logs"
     marks.mkdir(parents=True, exist_ok=True)
@@ -124,7 +132,7 @@ def run_plan(
         if step.measure or executor == "subprocess":
             rc, measured = _run_subprocess(step.argv, log)
         else:
-            rc = _run_inprocess(step.argv, log)
+            rc = _run_inprocess(app, step.argv, log)
         secs = time.perf_counter() - t0
         if rc != 0:
             tail = (

@@ -6,9 +6,9 @@ trunk's T' x H' x W' feature map (Sec. 3.2, eq. 5), each view is pooled by a sma
 (Sec. 3.3) and the within-video contrastive loss (eq. 6) pulls views of L_1 and L_2 together.
 
 Here the trunk is frozen: the maps come from the store, never from video, so this is **head-only STiCA
-(trunk frozen)**; the paper trains the trunk too (see `vcache.pretrain_stica` for that setting).
+(trunk frozen)**; the paper trains the trunk too (see `vcache.pretrain.stica` for that setting).
 
-Modules, one concept each (every name below is re-exported here, so `from vcache.stica import X` works):
+Modules, one concept each (every name below is re-exported here, so `from vcache.learn.stica import X` works):
 - `views`: `View` and `feature_crop` (eq. 5, an integer slice of a channels-last map; no ROI-align, no
   resize); `ViewConfig` / `sample_views` / `default_view_config`: the view set T_i of one large crop, m
   medium and n small views, each a crop in space (full time) or in time (full space). Default = the
@@ -30,13 +30,13 @@ Imports inside the package go one way: `views` <- `head` <- `train` <- `embed`; 
 
 from __future__ import annotations
 
-from vcache.stica.embed import embed_maps, export_embeddings, load_head, video_embeddings
-from vcache.stica.embed import head_backbone_attrs as head_backbone_attrs
-from vcache.stica.embed import iter_crop_embeddings as iter_crop_embeddings
-from vcache.stica.head import HeadConfig, TemporalHead
-from vcache.stica.loss import n_loss_terms, pair_mask, within_video_loss
-from vcache.stica.pairs import PairMaps
-from vcache.stica.train import (
+from vcache.learn.stica.embed import embed_maps, export_embeddings, load_head, video_embeddings
+from vcache.learn.stica.embed import head_backbone_attrs as head_backbone_attrs
+from vcache.learn.stica.embed import iter_crop_embeddings as iter_crop_embeddings
+from vcache.learn.stica.head import HeadConfig, TemporalHead
+from vcache.learn.stica.loss import n_loss_terms, pair_mask, within_video_loss
+from vcache.learn.stica.pairs import PairMaps
+from vcache.learn.stica.train import (
     HEAD_FORMAT,
     MODE_NAME,
     SticaConfig,
@@ -45,8 +45,8 @@ from vcache.stica.train import (
     train_step,
     train_stica,
 )
-from vcache.stica.train import load_checkpoint as load_checkpoint
-from vcache.stica.views import View, ViewConfig, default_view_config, feature_crop, sample_views
+from vcache.learn.stica.train import load_checkpoint as load_checkpoint
+from vcache.learn.stica.views import View, ViewConfig, default_view_config, feature_crop, sample_views
 
 # `head_backbone_attrs`, `iter_crop_embeddings` and `load_checkpoint` are re-exported too (the `x as x`
 # imports above) but, as before the split, left out of `__all__`.

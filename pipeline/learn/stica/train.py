@@ -12,14 +12,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from vcache import scale
-from vcache.devices import resolve_device
-from vcache.scale import _atomic_save, check_compatible, store_provenance
-from vcache.stica.head import HeadConfig, TemporalHead
-from vcache.stica.loss import within_video_loss
-from vcache.stica.pairs import PairMaps
-from vcache.stica.views import ViewConfig, sample_views
-from vcache.store import StoreError
+from vcache.learn import checkpoints
+from vcache.learn.checkpoints import atomic_save
+from vcache.learn.stica.head import HeadConfig, TemporalHead
+from vcache.learn.stica.loss import within_video_loss
+from vcache.learn.stica.pairs import PairMaps
+from vcache.learn.stica.views import ViewConfig, sample_views
+from vcache.runtime.devices import resolve_device
+from vcache.store import StoreError, check_compatible, store_provenance
 
 HEAD_FORMAT = "vcache-stica-head-1"
 MODE_NAME = "head-only STiCA (trunk frozen)"
@@ -79,7 +79,7 @@ def train_step(
     rng: np.random.Generator,
 ) -> tuple[torch.Tensor, int]:
     """The loss of one batch of (L_1, L_2) maps (B, T', H', W', C): draw T_1 and T_2, crop, pool, project,
-    eq. 6. Shared with `vcache.pretrain_stica`, where the maps come from the trainable trunk."""
+    eq. 6. Shared with `vcache.pretrain.stica`, where the maps come from the trainable trunk."""
     thw = tuple(maps1.shape[1:4])
     v1, v2 = sample_views(views, thw, rng), sample_views(views, thw, rng)
     z1, z2 = head.views_forward(maps1, v1), head.views_forward(maps2, v2)
@@ -158,7 +158,7 @@ def train_stica(
         if max_steps is not None and steps >= max_steps:
             break
         history.append({"epoch": epoch + 1, "loss": total / max(count, 1)})
-        _atomic_save(
+        atomic_save(
             {
                 "format": HEAD_FORMAT,
                 "mode": MODE_NAME,
@@ -186,7 +186,7 @@ def train_stica(
 
 # -- checkpoints ----------------------------------------------------------------------------------------
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    return scale.load_checkpoint(path, HEAD_FORMAT, "STiCA head")
+    return checkpoints.load_checkpoint(path, HEAD_FORMAT, "STiCA head")
 
 
 def is_stica_checkpoint(path: str | Path) -> bool:

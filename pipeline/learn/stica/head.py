@@ -13,7 +13,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from vcache.stica.views import View, feature_crop
+from vcache.learn.stica.views import View, feature_crop
 
 
 @dataclass(frozen=True)

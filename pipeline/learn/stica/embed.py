@@ -11,11 +11,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from vcache.devices import resolve_device
-from vcache.scale import check_compatible
-from vcache.stica.head import TemporalHead
-from vcache.stica.train import MODE_NAME, SticaConfig, load_checkpoint
-from vcache.store import DONE, FeatureStore, StoreError, VideoMeta, create_store, open_store
+from vcache.learn.stica.head import TemporalHead
+from vcache.learn.stica.train import MODE_NAME, SticaConfig, load_checkpoint
+from vcache.runtime.devices import resolve_device
+from vcache.store import DONE, FeatureStore, StoreError, VideoMeta, check_compatible, create_store, open_store
 
 
 def load_head(path: str | Path) -> tuple[TemporalHead, dict[str, Any]]:
