@@ -3,8 +3,8 @@
 Setting: an in-memory cache of 2048 videos x 16 crops x 768 dims (random features: throughput does not
 depend on their values), the paper's default model (2 layers x 256, K = 8 of 16, mask 25 %, batch 512).
 The whole cache sits in memory (on the device) as `vcache.learn.scale.train_scale` loads it; "data" is the
-part of a step that samples the two crop sets and masks and gathers the batch, the rest is forward, backward and the
-AdamW step. One warm-up step, then `--steps` timed steps. Target: data share under 10 %.
+part of a step that samples the two crop sets and masks and gathers the batch, the rest is forward, backward
+and the AdamW step. One warm-up step, then `--steps` timed steps. Target: data share under 10 %.
 Writes benchmarks/results/aggregator.json.
 
     python benchmarks/bench_aggregator.py [--videos 2048] [--steps 12] [--threads 2] [--device cpu]
