@@ -12,6 +12,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from vcache.cli.app import app
 from vcache.tables import Plan, Step, run_plan
 
@@ -106,3 +108,8 @@ def test_changed_step_reruns_it_and_what_depends_on_it(tmp_path: Path) -> None:
     (tmp_path / "c" / "classes.json").unlink()  # an output gone: that step reruns
     run_plan(plan(1, 0), tmp_path / "work", echo=said.append, app=app)
     assert said[-1].startswith("1 of 3 steps run")
+
+
+def test_inprocess_steps_need_the_cli_app(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="typer app"):
+        run_plan(Plan(), tmp_path / "work")
