@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 import zarr
 
-from vcache.data.records import DONE, FAILED, PENDING, STATUS_NAMES, Reason, VideoMeta  # noqa: F401
+from vcache.data.records import FAILED, PENDING, VideoMeta
 
 SCHEMA_VERSION = 1
 CHUNK_BYTES = 1 << 20  # zarr chunks of at least ~1 MB read and write efficiently
