@@ -23,14 +23,41 @@ def scale_cmd(
     train_store: Path = typer.Argument(..., help="The train split's train-mode store (16 crops per video)."),
     out: Path = typer.Option(..., "--out", "-o", help="Checkpoint to write (rewritten after every epoch)."),
     k: int = typer.Option(8, "--k", help="Clips per set; two disjoint sets per video (SCALE: 8 of the 16)."),
-    mask_ratio: float = typer.Option(0.25, help="Masked clips per set: max(1, round(ratio * K)); 0: none."),
-    width: int = typer.Option(256, help="Transformer width."),
-    depth: int = typer.Option(2, help="Transformer layers."),
+    mask_ratio: float = typer.Option(0.25, help="Chance that a clip is masked (Table 9: 0.25 is best)."),
+    masking: str = typer.Option(
+        "bernoulli",
+        help="bernoulli: each clip masked with the --mask-ratio chance (official code); count: exactly "
+        "max(1, round(ratio * K)) clips a set.",
+    ),
+    loss_form: str = typer.Option(
+        "official",
+        help="official: (SET + MCM) / 2, MCM one direction averaged over masked clips (official code); "
+        "paper: eq. 3-8, both directions summed, SET + MCM.",
+    ),
+    width: int = typer.Option(256, help="Transformer width (Table 10)."),
+    depth: int = typer.Option(2, help="Transformer layers (Table 10)."),
+    heads: int = typer.Option(0, help="Attention heads; 0: width / 32 (official: 8 at 256)."),
+    ff_mult: float = typer.Option(2.0, help="Feed-forward width as a multiple of the width (official: 2)."),
+    dropout: float = typer.Option(0.1, help="Dropout and attention dropout (official: 0.1)."),
+    proj_dim: int = typer.Option(128, help="Output dim of the MCM and SET heads (official: 128)."),
+    target_head: str = typer.Option("3x2048", help="MCM target head, LAYERSxWIDTH (official: 3x2048)."),
+    pred_head: str = typer.Option(
+        "2x4096", help="MCM prediction and SET heads, LAYERSxWIDTH (official: 2x4096; the paper: 3 layers)."
+    ),
     batch_size: int = typer.Option(
         512, "--batch-size", "--batch", help="Videos per step (capped by the data)."
     ),
+    drop_last: bool = typer.Option(
+        True, "--drop-last/--keep-last", help="Drop an epoch's last partial batch (official code)."
+    ),
     epochs: int = typer.Option(200, help="Epochs (SCALE: 200 in the ablations, 500 for the main tables)."),
-    lr: float = typer.Option(3e-4, help="AdamW learning rate (official code: 3e-4)."),
+    lr: float = typer.Option(3e-4, help="AdamW peak learning rate (official code: 3e-4)."),
+    weight_decay: float = typer.Option(
+        1e-4, help="AdamW weight decay, not on biases, norms or tokens (official: 1e-4)."
+    ),
+    warmup: float = typer.Option(
+        0.05, help="Share of the steps with a linear warm-up, then cosine to 0 (official: 0.05)."
+    ),
     temperature: float = typer.Option(0.2, help="InfoNCE temperature (official code: 0.2)."),
     mcm: bool = typer.Option(True, "--mcm/--no-mcm", help="Masked clip modelling loss (Table 8)."),
     set_: bool = typer.Option(True, "--set/--no-set", help="SET loss between the two CLS outputs (Table 8)."),
@@ -49,7 +76,7 @@ def scale_cmd(
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from vcache.learn.aggregator import ScaleConfig
-    from vcache.learn.scale import ShardStream, train_scale
+    from vcache.learn.scale import ShardStream, batch_bounds, train_scale
     from vcache.store import StoreError, cache_nbytes, load_cache
 
     if out.exists() and not resume:
@@ -74,20 +101,34 @@ def scale_cmd(
         console.print(
             f"[yellow]warning:[/] {train_store} is a {mode!r}-mode store; SCALE trains on train mode"
         )
-    cfg = ScaleConfig(
-        feature_dim=feature_dim,
-        width=width,
-        depth=depth,
-        k=k,
-        mask_ratio=mask_ratio,
-        temperature=temperature,
-        use_mcm=mcm,
-        use_set=set_,
-        lr=lr,
-        batch_size=batch_size,
-        epochs=epochs,
-        seed=seed,
-    )
+    try:
+        cfg = ScaleConfig(
+            feature_dim=feature_dim,
+            width=width,
+            depth=depth,
+            heads=heads,
+            ff_mult=ff_mult,
+            dropout=dropout,
+            proj_dim=proj_dim,
+            target_head=_layers_x_width(target_head, "--target-head"),
+            pred_head=_layers_x_width(pred_head, "--pred-head"),
+            k=k,
+            mask_ratio=mask_ratio,
+            masking=masking,
+            loss_form=loss_form,
+            temperature=temperature,
+            use_mcm=mcm,
+            use_set=set_,
+            lr=lr,
+            weight_decay=weight_decay,
+            warmup=warmup,
+            batch_size=batch_size,
+            drop_last=drop_last,
+            epochs=epochs,
+            seed=seed,
+        )
+    except ValueError as e:
+        raise typer.BadParameter(str(e)) from None
     progress = Progress(
         TextColumn("[bold]scale"),
         BarColumn(),
@@ -99,7 +140,8 @@ def scale_cmd(
         console=console,
         disable=quiet,
     )
-    steps_per_epoch = -(-n_videos // min(batch_size, max(1, n_videos)))
+    sizes = cache.group_videos if isinstance(cache, ShardStream) else [n_videos]
+    steps_per_epoch = sum(len(batch_bounds(g, min(batch_size, n_videos), drop_last)) for g in sizes)
     task = progress.add_task("scale", total=epochs * steps_per_epoch, epoch=0, loss=0.0, rate=0.0)
 
     def on_step(info: dict[str, float]) -> None:
@@ -122,10 +164,18 @@ def scale_cmd(
     )
 
 
+def _layers_x_width(text: str, name: str) -> tuple[int, int]:
+    try:
+        layers, width = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise typer.BadParameter(f"{name} {text!r}: expected LAYERSxWIDTH such as 3x2048") from None
+    return layers, width
+
+
 def _show(result: Any, paths: tuple[Path, Path]) -> None:
     from rich.table import Table
 
-    table = Table(title=f"{result.name}  (seed {result.seed})")
+    table = Table(title=f"{result.name}  (run {result.run}, seed {result.seed})")
     table.add_column("metric")
     table.add_column("value", justify="right")
     for key, val in result.metrics.items():
@@ -167,19 +217,22 @@ def _classifier(
 ) -> None:
     options.check_device(device)
     if low_shot is not None and not 0 < low_shot <= 1:
-        raise typer.BadParameter("--low-shot: a fraction in (0, 1]")
+        raise typer.BadParameter(f"--low-shot {low_shot}: a fraction in (0, 1]")
     from vcache.learn.probes import ProbeSettings, run_probe
 
-    settings = ProbeSettings(
-        bn=bn,
-        low_shot=low_shot,
-        seed=seed,
-        lrs=_floats(lrs, "--lr"),
-        wds=_floats(wds, "--wd"),
-        epochs=epochs,
-        device=device,
-        **extra,
-    )
+    try:
+        settings = ProbeSettings(
+            bn=bn,
+            low_shot=low_shot,
+            seed=seed,
+            lrs=_floats(lrs, "--lr"),
+            wds=_floats(wds, "--wd"),
+            epochs=epochs,
+            device=device,
+            **extra,
+        )
+    except ValueError as e:
+        raise typer.BadParameter(str(e)) from None
     _run(train_store, test_store, out, aggregator, partial(run_probe, kind), settings)
 
 
@@ -198,6 +251,13 @@ def _run(train_store: Path, test_store: Path, out: Path, aggregator: Path | None
     _show(result, write_results(result, out))
 
 
+OVERLAP_HELP = (
+    "Allow test videos that are also train videos or that the aggregator was trained on [default: refused]."
+)
+VIEWS_HELP = (
+    "Random clips per video per training step; 0: all [default: 8 on a train-mode train store, the official "
+    "protocol; all on an eval-mode one]."
+)
 AGG_HELP = "A SCALE checkpoint: linear -> SCALE_linear, transformer -> SCALE_ft, knn -> SCALE_k-NN."
 LR_HELP = "Learning rates to try on the validation part, comma-separated [default: per probe]."
 WD_HELP = "Weight decays to try, comma-separated [default: per probe]."
@@ -217,13 +277,16 @@ def linear_cmd(
     lr: str | None = typer.Option(None, help=LR_HELP),
     wd: str | None = typer.Option(None, help=WD_HELP),
     epochs: int | None = typer.Option(None, help=EPOCHS_HELP),
-    seed: int = typer.Option(0),
+    seed: int = typer.Option(0, help="Seed of the split, the initialisation and the batches."),
+    views: int | None = typer.Option(None, help=VIEWS_HELP),
+    allow_overlap: bool = typer.Option(False, "--allow-overlap", help=OVERLAP_HELP),
     device: str = typer.Option("auto", help=options.DEVICE_HELP),
 ) -> None:
     """Per-clip linear softmax classifier, softmax averaged over a video's clips (SCALE's Linear)."""
     _classifier(
-        "linear", train_store, test_store, out, aggregator, bn, low_shot, lr, wd, epochs, seed, device, {}
-    )
+        "linear", train_store, test_store, out, aggregator, bn, low_shot, lr, wd, epochs, seed, device,
+        {"views": views, "allow_overlap": allow_overlap},
+    )  # fmt: skip
 
 
 @probe_app.command("mlp")
@@ -237,7 +300,9 @@ def mlp_cmd(
     lr: str | None = typer.Option(None, help=LR_HELP),
     wd: str | None = typer.Option(None, help=WD_HELP),
     epochs: int | None = typer.Option(None, help=EPOCHS_HELP),
-    seed: int = typer.Option(0),
+    seed: int = typer.Option(0, help="Seed of the split, the initialisation and the batches."),
+    views: int | None = typer.Option(None, help=VIEWS_HELP),
+    allow_overlap: bool = typer.Option(False, "--allow-overlap", help=OVERLAP_HELP),
     device: str = typer.Option("auto", help=options.DEVICE_HELP),
 ) -> None:
     """An MLP on each clip's feature, softmax averaged over a video's clips (SCALE's MLP baseline)."""
@@ -254,7 +319,7 @@ def mlp_cmd(
         epochs,
         seed,
         device,
-        {"hidden": hidden},
+        {"hidden": hidden, "views": views, "allow_overlap": allow_overlap},
     )
 
 
@@ -275,11 +340,13 @@ def transformer_cmd(
     lr: str | None = typer.Option(None, help=LR_HELP),
     wd: str | None = typer.Option(None, help=WD_HELP),
     epochs: int | None = typer.Option(None, help=EPOCHS_HELP),
-    seed: int = typer.Option(0),
+    seed: int = typer.Option(0, help="Seed of the split, the initialisation and the batches."),
+    views: int | None = typer.Option(None, help=VIEWS_HELP),
+    allow_overlap: bool = typer.Option(False, "--allow-overlap", help=OVERLAP_HELP),
     device: str = typer.Option("auto", help=options.DEVICE_HELP),
 ) -> None:
     """The SCALE architecture over all of a video's clips, trained supervised (random init, or SCALE_ft)."""
-    extra = {"width": width, "depth": depth}
+    extra = {"width": width, "depth": depth, "views": views, "allow_overlap": allow_overlap}
     _classifier(
         "transformer",
         train_store,
@@ -315,12 +382,15 @@ def knn_cmd(
         None, help="Use a class-balanced fraction of the train videos as neighbours [default: all]."
     ),
     seed: int = typer.Option(0, help="Seed of the low-shot draw."),
+    allow_overlap: bool = typer.Option(False, "--allow-overlap", help=OVERLAP_HELP),
     device: str = typer.Option("auto", help=options.DEVICE_HELP),
 ) -> None:
     """DINO-style weighted k-NN on video vectors (mean of clips, minus train mean, L2-normalised)."""
     options.check_device(device)
     if pool not in ("mean", "max"):
         raise typer.BadParameter(f"--pool {pool!r}: choose mean or max")
+    if low_shot is not None and not 0 < low_shot <= 1:
+        raise typer.BadParameter(f"--low-shot {low_shot}: a fraction in (0, 1]")
     from vcache.learn.probes import ProbeSettings, run_knn
 
     s = ProbeSettings(
@@ -330,6 +400,7 @@ def knn_cmd(
         pool=pool,
         low_shot=low_shot,
         seed=seed,
+        allow_overlap=allow_overlap,
         device=device,
     )
     _run(train_store, test_store, out, aggregator, run_knn, s)

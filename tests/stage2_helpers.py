@@ -50,7 +50,8 @@ def make_store(
     ev_a, ev_b = protos[n_app], protos[n_app + 1]
     rng = np.random.default_rng(seed)
     labels = np.arange(n_videos) % len(class_names)
-    paths = [f"{class_names[y]}/v{i:04d}.mp4" for i, y in enumerate(labels)]
+    # The seed names the videos: stores made with one seed hold the same videos (overlap), others do not.
+    paths = [f"{class_names[y]}/s{seed}_v{i:04d}.mp4" for i, y in enumerate(labels)]
     k = crops
     boxes = np.zeros((n_videos, k, 6), np.float32)
     if mode == "eval":  # uniformly spaced clips, as the 5 x 3 eval sampling

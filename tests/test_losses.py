@@ -39,7 +39,8 @@ def test_symmetric_info_nce_sums_both_directions_and_is_symmetric():
     assert s.item() == pytest.approx((info_nce(a, b, 0.2) + info_nce(b, a, 0.2)).item())
     assert s.item() == pytest.approx(symmetric_info_nce(b, a, 0.2).item())
     assert info_nce(a, b, 0.2).item() != pytest.approx(info_nce(b, a, 0.2).item())
-    assert set_loss(a, b, 0.2).item() == pytest.approx(s.item())
+    assert set_loss(a, b, 0.2, "paper").item() == pytest.approx(s.item())  # eq. 3: the sum
+    assert set_loss(a, b, 0.2).item() == pytest.approx(s.item() / 2)  # official code: the mean
 
 
 def test_info_nce_is_small_for_aligned_pairs_and_near_log_n_for_random():
@@ -64,12 +65,29 @@ def _ref_mcm(pred: np.ndarray, tgt: np.ndarray, mask: np.ndarray, tau: float) ->
     return total / bsz
 
 
+def _ref_mcm_official(pred: np.ndarray, tgt: np.ndarray, mask: np.ndarray, tau: float) -> float:
+    """The official code's dense loss with loops: mean over masked (b, k) of pred -> all targets only."""
+    bsz, k, _ = pred.shape
+    all_t = tgt.reshape(bsz * k, -1)
+    terms = []
+    for b in range(bsz):
+        for i in range(k):
+            if mask[b, i]:
+                lp = all_t @ pred[b, i] / tau
+                terms.append(-(lp[b * k + i] - np.log(np.exp(lp).sum())))
+    return float(np.mean(terms))
+
+
 def test_mcm_matches_loop_reference():
     pred, tgt = _unit(3, 5, 4, seed=7), _unit(3, 5, 4, seed=8)
     mask = torch.tensor([[1, 0, 0, 1, 0], [0, 1, 0, 0, 0], [0, 0, 0, 0, 1]], dtype=torch.bool)
-    out = mcm_loss(pred, tgt, mask, 0.2)
+    out = mcm_loss(pred, tgt, mask, 0.2, "paper")
     assert out.shape == ()
     assert out.item() == pytest.approx(_ref_mcm(pred.numpy(), tgt.numpy(), mask.numpy(), 0.2), rel=1e-9)
+    off = mcm_loss(pred, tgt, mask, 0.2)
+    assert off.item() == pytest.approx(
+        _ref_mcm_official(pred.numpy(), tgt.numpy(), mask.numpy(), 0.2), rel=1e-9
+    )
 
 
 def test_mcm_scores_only_masked_predictions():

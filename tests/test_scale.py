@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from stage2_helpers import backbone_attrs, make_store
@@ -11,7 +13,14 @@ from vcache.learn.checkpoints import load_aggregator, load_checkpoint
 from vcache.learn.scale import train_scale
 from vcache.store import StoreError, check_compatible, load_cache
 
-TINY = {"width": 32, "depth": 2, "proj_dim": 16, "batch_size": 16}
+TINY = {
+    "width": 32,
+    "depth": 2,
+    "proj_dim": 16,
+    "batch_size": 16,
+    "target_head": (2, 32),
+    "pred_head": (2, 32),
+}
 
 
 @pytest.fixture(scope="module")
@@ -27,14 +36,79 @@ def test_exact_mask_count():
     assert ScaleConfig(feature_dim=4, k=8, mask_ratio=0.0).n_masked() == 0
 
 
-def test_sample_sets_disjoint_with_exact_masks():
+def test_sample_sets_disjoint_with_bernoulli_or_exact_masks():
     g = torch.Generator().manual_seed(0)
-    i1, i2, m1, m2 = sample_sets(50, 16, 8, 2, g)
+    i1, i2, m1, m2 = sample_sets(50, 16, 8, 0.25, g, "count")
     assert i1.shape == i2.shape == (50, 8)
     for a, b in zip(i1.tolist(), i2.tolist(), strict=True):
         assert len(set(a) | set(b)) == 16  # two disjoint sets of 8 from 16
     assert (m1.sum(1) == 2).all() and (m2.sum(1) == 2).all()
     assert m1.any(0).all()  # every position gets masked somewhere: the masks are random
+    # Bernoulli (the official code): each clip masked with probability p, so the count varies per set
+    _, _, b1, b2 = sample_sets(2000, 16, 8, 0.25, g)
+    rate = torch.cat([b1, b2]).float().mean().item()
+    assert abs(rate - 0.25) < 0.01 and len(set(b1.sum(1).tolist())) > 3
+
+
+def test_table9_ratios_stay_distinct_with_bernoulli_masking():
+    """With K = 8 an exact count makes 0.20 and 0.25 the same (2 clips); per-clip chances keep them apart."""
+    assert ScaleConfig(feature_dim=4, mask_ratio=0.2).n_masked() == ScaleConfig(feature_dim=4).n_masked()
+    rates = []
+    for ratio in (0.2, 0.25):
+        _, _, m1, _ = sample_sets(4000, 16, 8, ratio, torch.Generator().manual_seed(1))
+        rates.append(m1.float().mean().item())
+    assert rates[0] == pytest.approx(0.2, abs=0.01) and rates[1] == pytest.approx(0.25, abs=0.01)
+
+
+def test_optimizer_groups_and_schedule_follow_the_official_code():
+    from vcache.learn.aggregator import ScaleSSL
+    from vcache.learn.scale import batch_bounds, param_groups, warmup_cosine
+
+    model = ScaleSSL(ScaleConfig(feature_dim=16, **{k: v for k, v in TINY.items() if k != "batch_size"}))
+    plain, decay = param_groups(model, 1e-4)
+    names = {id(p): n for n, p in model.named_parameters()}
+    no_decay = {names[id(p)] for p in plain["params"]}
+    assert "aggregator.cls_token" in no_decay and "aggregator.msk_token" in no_decay
+    assert "aggregator.in_proj.bias" in no_decay and "aggregator.norm.weight" in no_decay
+    assert all(p.ndim >= 2 for p in decay["params"]) and decay["weight_decay"] == 1e-4
+    assert plain["weight_decay"] == 0.0
+    assert len(plain["params"]) + len(decay["params"]) == len(list(model.parameters()))
+    # 5 % warm-up from 0, then half a cosine to 0
+    assert warmup_cosine(0, 100, 0.05) == 0.0
+    assert warmup_cosine(5, 100, 0.05) == pytest.approx(1.0)
+    assert warmup_cosine(2, 100, 0.05) == pytest.approx(0.4)
+    assert warmup_cosine(52, 100, 0.05) == pytest.approx(0.5 * (1 + math.cos(math.pi * 47 / 95)))
+    assert warmup_cosine(100, 100, 0.05) == pytest.approx(0.0, abs=1e-12)
+    assert batch_bounds(10, 4, True) == [(0, 4), (4, 8)]  # drop_last, as the official loader
+    assert batch_bounds(10, 4, False) == [(0, 4), (4, 8), (8, 10)]
+    assert batch_bounds(9, 4, False) == [(0, 4), (4, 8)]  # a lone video has no SET negative
+
+
+def test_mcm_candidates_are_the_clips_of_both_sets():
+    """ScaleSSL's MCM term equals a loop over every masked clip whose candidates are the targets of all clips
+    of both sets of every video in the batch (official code)."""
+    from vcache.learn.aggregator import ScaleSSL
+
+    torch.manual_seed(0)
+    cfg = ScaleConfig(
+        feature_dim=16, k=4, use_set=False, **{k: v for k, v in TINY.items() if k != "batch_size"}
+    )
+    model = ScaleSSL(cfg).eval()  # no dropout
+    f = (torch.randn(3, 4, 16), torch.randn(3, 4, 16))
+    b = (torch.rand(3, 4, 6), torch.rand(3, 4, 6))
+    m = (
+        torch.tensor([[1, 0, 0, 0]] * 3, dtype=torch.bool),
+        torch.tensor([[0, 0, 1, 0]] * 3, dtype=torch.bool),
+    )
+    got = model.losses(f, b, m)
+    with torch.no_grad():
+        toks = torch.cat([model.aggregator(f[i], b[i], m[i])[0] for i in range(2)], dim=1)  # (3, 8, W)
+        pred = torch.nn.functional.normalize(model.pred_head(toks), dim=-1).reshape(24, -1)
+        tgt = torch.nn.functional.normalize(model.tgt_head(torch.cat(f, dim=1)), dim=-1).reshape(24, -1)
+        mask = torch.cat(m, dim=1).reshape(-1)
+        terms = [-torch.log_softmax(tgt @ pred[i] / 0.2, dim=0)[i] for i in range(24) if mask[i]]
+    assert got["mcm"].item() == pytest.approx(torch.stack(terms).mean().item(), rel=1e-5)
+    assert got["total"].item() == pytest.approx(got["mcm"].item())  # SET off: the mean of one loss
 
 
 def test_masked_clip_hides_its_feature_but_keeps_its_box():
@@ -61,6 +135,7 @@ def test_train_save_reload_and_loss_goes_down(train_cache, tmp_path):
     assert res.epochs_done == 6 and len(res.history) == 6
     assert res.history[-1]["total"] < res.history[0]["total"]
     assert res.history[-1]["mcm"] > 0 and res.history[-1]["set"] > 0
+    assert res.history[-1]["lr"] < res.history[2]["lr"]  # cosine decay after the warm-up
     agg, meta = load_aggregator(tmp_path / "s.pt")
     assert meta["config"]["width"] == 32 and meta["epochs_done"] == 6
     assert meta["provenance"]["backbone"]["name"] == "synthetic-bb"
@@ -90,7 +165,8 @@ def test_resume_gives_the_weights_of_an_uninterrupted_run(train_cache, tmp_path)
     full = tmp_path / "full.pt"
     part = tmp_path / "part.pt"
     train_scale(cache, ScaleConfig(feature_dim=16, epochs=3, **TINY), full, device="cpu")
-    train_scale(cache, ScaleConfig(feature_dim=16, epochs=2, **TINY), part, device="cpu")
+    # a run killed during its third epoch (2 steps an epoch): the checkpoint holds two epochs
+    train_scale(cache, ScaleConfig(feature_dim=16, epochs=3, **TINY), part, device="cpu", max_steps=5)
     assert load_checkpoint(part)["epochs_done"] == 2
     res = train_scale(cache, ScaleConfig(feature_dim=16, epochs=3, **TINY), part, resume=True, device="cpu")
     assert res.epochs_done == 3
@@ -99,7 +175,9 @@ def test_resume_gives_the_weights_of_an_uninterrupted_run(train_cache, tmp_path)
         assert torch.allclose(a["model"][key], b["model"][key], atol=1e-6), key
     assert [h["total"] for h in a["history"]] == pytest.approx([h["total"] for h in b["history"]], rel=1e-5)
     with pytest.raises(ValueError, match="width"):
-        train_scale(cache, ScaleConfig(feature_dim=16, epochs=4, **{**TINY, "width": 64}), part, resume=True)
+        train_scale(cache, ScaleConfig(feature_dim=16, epochs=3, **{**TINY, "width": 64}), part, resume=True)
+    with pytest.raises(ValueError, match="epochs"):  # the cosine schedule spans all epochs
+        train_scale(cache, ScaleConfig(feature_dim=16, epochs=4, **TINY), part, resume=True)
 
 
 def test_incompatible_backbones_are_refused():

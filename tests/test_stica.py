@@ -66,7 +66,7 @@ def make_map_store(
         "manifest": {"name": f"maps-{mode}-{seed}"},
     }
     st = create_store(
-        path, [f"v{i}.mp4" for i in range(n_videos)], labels, k, c, attrs,
+        path, [f"s{seed}_v{i}.mp4" for i in range(n_videos)], labels, k, c, attrs,
         videos_per_shard=videos_per_shard, map_shape=map_shape,
     )  # fmt: skip
     for s in range(st.n_shards):

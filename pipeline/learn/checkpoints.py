@@ -40,5 +40,5 @@ def load_aggregator(path: str | Path) -> tuple[ScaleAggregator, dict[str, Any]]:
     model = ScaleSSL(cfg)
     model.load_state_dict(ckpt["model"])
     model.aggregator.eval()
-    meta = {k: v for k, v in ckpt.items() if k not in ("model", "optimizer")}
+    meta = {k: v for k, v in ckpt.items() if k not in ("model", "optimizer", "scheduler", "rng")}
     return model.aggregator, meta

@@ -50,10 +50,14 @@ def prediction_rows(cache: Cache, probs: np.ndarray) -> list[dict[str, Any]]:
 
 
 def score(probs: np.ndarray, test: Cache, train: Cache) -> tuple[dict[str, float], dict[str, Any]]:
-    metrics = {
-        "top1": topk_accuracy(probs, test.labels, 1),
-        "top5": topk_accuracy(probs, test.labels, 5),
-        "n_test": int(len(test.labels)),
-    }
+    """Top-1 / top-5 over the labelled test videos (label -1, unknown, is predicted but not scored)."""
+    keep = test.labels >= 0
+    p, y = probs[keep], test.labels[keep]
+    metrics: dict[str, Any] = {"n_test": int(keep.sum()), "n_unlabelled_test": int((~keep).sum())}
+    if keep.any():
+        top = {"top1": topk_accuracy(p, y, 1)}
+        if probs.shape[1] > 5:  # with 5 classes or fewer top-5 is 1 by construction: not reported
+            top["top5"] = topk_accuracy(p, y, 5)
+        metrics = {**top, **metrics}
     families = test.attrs.get("class_families") or train.attrs.get("class_families")
-    return metrics, family_accuracy(probs, test.labels, test.class_names or train.class_names, families)
+    return metrics, family_accuracy(p, y, test.class_names or train.class_names, families)

@@ -4,10 +4,16 @@ Readouts (SCALE Sec. 4.1, "Evaluation" and "Nonlinear baselines"):
 - linear: a softmax classifier per clip; a video's prediction is the mean of its clips' softmax.
 - mlp: the same with an MLP on the clip feature.
 - transformer: the SCALE architecture, randomly initialised, trained supervised on all of a video's clips in
-  one sequence, with a linear head on the CLS output (the paper does not say which output the head reads;
-  CLS is our choice).
-- scale_linear (linear + aggregator): linear head on concat(clip feature C_i, CLS), softmax averaged.
+  one sequence, read out as SCALE's probes: a linear head per clip on concat(C_i, CLS), cross-entropy per
+  clip, softmax averaged over the clips (Sec. 4.1; the official code's LinearOnTop).
+- scale_linear (linear + aggregator): the same readout on the frozen aggregator.
 - scale_ft (transformer + aggregator): the transformer probe started from the SCALE weights.
+
+Training data: on an eval-mode train store every step sees all of a video's clips; on a train-mode store
+(SCALE's 16 random crops) every step sees a random `views` of them (official protocol: 8), and testing uses
+all the test store's clips. Videos labelled -1 (unknown) are left out of training and scoring and counted.
+A test video that is also a train video, or that the aggregator was trained on, is refused unless
+`allow_overlap`.
 - knn / scale_knn: DINO-style weighted vote (see vcache.learn.knn); scale_knn uses concat(C_i, CLS)
   averaged over the clips, as the official code.
 
@@ -36,9 +42,18 @@ from vcache.learn.checkpoints import load_aggregator
 from vcache.learn.heads import ClipHead, SequenceHead, fit, predict_proba
 from vcache.learn.knn import center_normalize, knn_classify, retrieval_recall, video_vectors
 from vcache.learn.metrics import prediction_rows, score
+from vcache.learn.probe_data import (  # noqa: F401  (load_pair: part of this module's API)
+    check_overlap,
+    labelled,
+    load_pair,
+    low_shot_indices,
+    num_classes,
+    run_name,
+    train_val_split,
+)
 from vcache.learn.scale import encode_videos
 from vcache.runtime.devices import resolve_device
-from vcache.store import Cache, StoreError, check_compatible, load_cache, store_provenance
+from vcache.store import Cache, check_compatible, store_provenance
 
 # Default grids per probe: (learning rates, weight decays, max epochs). Our choice; the paper grid-searched
 # lr, wd, batch size and optimizer without listing the values. We fix AdamW and 128 videos a batch.
@@ -71,6 +86,22 @@ class ProbeSettings:
     temperature: float = 0.07
     pool: str = "mean"
     retrieval: bool = False
+    # None: 8 random views per video per step on a train-mode train store (official protocol), all clips on
+    # an eval-mode one; 0: always all clips.
+    views: int | None = None
+    allow_overlap: bool = False
+
+    def __post_init__(self) -> None:
+        if self.low_shot is not None and not 0 < self.low_shot <= 1:
+            raise ValueError(f"--low-shot {self.low_shot}: a fraction in (0, 1]")
+        if self.views is not None and self.views < 0:
+            raise ValueError(f"--views {self.views}: 0 (all) or a positive count")
+
+    def train_views(self, train: Cache) -> int | None:
+        mode = (train.attrs.get("sampling") or {}).get("mode")
+        if self.views is None:
+            return 8 if mode == "train" else None
+        return self.views or None
 
 
 @dataclass
@@ -85,50 +116,17 @@ class ProbeResult:
     seconds: float
     predictions: list[dict[str, Any]] = field(default_factory=list)
 
+    @property
+    def run(self) -> str:
+        return run_name(self.name, self.settings, self.provenance)
+
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)
         d.pop("predictions")
-        return d
+        return {"run": self.run, **d}
 
 
 # -- data ------------------------------------------------------------------------------------------------
-def load_pair(train_path: str | Path, test_path: str | Path) -> tuple[Cache, Cache]:
-    """Load a train and a test store, refusing features of different backbones or preprocessing."""
-    train, test = load_cache(train_path), load_cache(test_path)
-    check_compatible(train.attrs, test.attrs, f"train store {train_path}", f"test store {test_path}")
-    if train.class_names and test.class_names and train.class_names != test.class_names:
-        raise StoreError("train and test stores have different class_names")
-    return train, test
-
-
-def num_classes(train: Cache, test: Cache) -> int:
-    names = train.class_names or test.class_names
-    top = int(max(train.labels.max(), test.labels.max())) + 1
-    return max(len(names), top)
-
-
-def low_shot_indices(labels: np.ndarray, fraction: float, seed: int) -> np.ndarray:
-    """A class-balanced subset: round(fraction * n_c) videos of each class c, at least one (SCALE Table 7)."""
-    rng = np.random.default_rng(seed)
-    keep = []
-    for c in np.unique(labels):
-        idx = np.flatnonzero(labels == c)
-        keep.append(rng.choice(idx, size=max(1, round(fraction * len(idx))), replace=False))
-    return np.sort(np.concatenate(keep))
-
-
-def train_val_split(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Stratified split of the train videos (whole videos, so no clip of a val video is trained on)."""
-    rng = np.random.default_rng(seed)
-    tr, va = [], []
-    for c in np.unique(labels):
-        idx = rng.permutation(np.flatnonzero(labels == c))
-        n_val = int(round(fraction * len(idx))) if len(idx) > 1 else 0
-        va.append(idx[:n_val])
-        tr.append(idx[n_val:])
-    return np.sort(np.concatenate(tr)), np.sort(np.concatenate(va))
-
-
 def _provenance(train: Cache, test: Cache, train_path, test_path, agg_meta, agg_path) -> dict[str, Any]:
     prov = {
         "train": store_provenance(train.attrs, train_path),
@@ -165,37 +163,32 @@ def run_probe(
     check_compatible(train.attrs, test.attrs, "train store", "test store")
     dev = resolve_device(s.device)
     n_cls = num_classes(train, test)
+    views = s.train_views(train)
     agg_meta = None
     name = kind
     tr_f, tr_b, te_f, te_b = train.features, train.boxes, test.features, test.boxes
     if aggregator is not None:
-        agg_model, agg_meta = load_aggregator(aggregator)
+        _, agg_meta = load_aggregator(aggregator)
         check_compatible(agg_meta["provenance"], train.attrs, "the aggregator's store", "the train store")
-        if kind == "linear":  # SCALE_linear: frozen aggregator, linear head on concat(C_i, CLS)
-            name = "scale_linear"
-            tr_f = _concat_cls(agg_model, tr_f, tr_b, s.device)
-            te_f = _concat_cls(agg_model, te_f, te_b, s.device)
-        else:
-            name = "scale_ft"
+        name = "scale_linear" if kind == "linear" else "scale_ft"
+    overlap = check_overlap(train, test, agg_meta, s.allow_overlap)
+    precomputed = name == "scale_linear" and views is None
+    if precomputed:  # the frozen readout does not change during training: compute concat(C_i, CLS) once
+        agg_model, _ = load_aggregator(aggregator)
+        tr_f = _concat_cls(agg_model, tr_f, tr_b, s.device)
+        te_f = _concat_cls(agg_model, te_f, te_b, s.device)
     lrs, wds, max_ep = DEFAULT_GRIDS[kind]
     lrs, wds, max_ep = s.lrs or lrs, s.wds or wds, s.epochs or max_ep
     eval_at = tuple(sorted({max(1, round(max_ep * (i + 1) / s.eval_points)) for i in range(s.eval_points)}))
 
     def make_model() -> nn.Module:
-        d = tr_f.shape[-1]
-        if kind == "linear":
-            return ClipHead(d, n_cls, 0, s.bn)
-        if kind == "mlp":
-            return ClipHead(d, n_cls, s.hidden, s.bn)
-        if agg_meta is not None:  # SCALE_ft: start from the self-supervised weights
-            agg, _ = load_aggregator(aggregator)
-        else:
-            agg = ScaleAggregator(ScaleConfig(feature_dim=d, width=s.width, depth=s.depth))
-        return SequenceHead(agg, n_cls, s.bn)
+        return build_head(name, tr_f.shape[-1], n_cls, s, aggregator, precomputed)
 
-    idx = np.arange(len(train.labels))
+    idx = labelled(train.labels)
+    if len(idx) == 0:
+        raise ValueError("the train store has no labelled video (every label is -1)")
     if s.low_shot:
-        idx = low_shot_indices(train.labels, s.low_shot, s.seed)
+        idx = idx[low_shot_indices(train.labels[idx], s.low_shot, s.seed)]
     tr_idx, va_idx = train_val_split(train.labels[idx], s.val_fraction, s.seed)
     tr_idx, va_idx = idx[tr_idx], idx[va_idx]
 
@@ -212,7 +205,7 @@ def run_probe(
             torch.manual_seed(s.seed + run)
             accs = fit(
                 make_model().to(dev), ftr, btr, y_all[tr_idx], lr, wd, max_ep, s.batch_size, s.seed,
-                (fva, bva, train.labels[va_idx]), eval_at,
+                (fva, bva, train.labels[va_idx]), eval_at, views,
             )  # fmt: skip
             table += [{"lr": lr, "wd": wd, "epochs": ep, "val_top1": a} for ep, a in accs.items()]
         best = max(table, key=lambda r: (r["val_top1"], -r["epochs"]))  # ties: fewer epochs, earlier grid
@@ -224,30 +217,54 @@ def run_probe(
     torch.manual_seed(s.seed)
     model = make_model().to(dev)
     ftr, btr = tensors(tr_f, tr_b, idx)
-    fit(model, ftr, btr, y_all[idx], chosen["lr"], chosen["wd"], chosen["epochs"], s.batch_size, s.seed)
+    fit(
+        model, ftr, btr, y_all[idx], chosen["lr"], chosen["wd"], chosen["epochs"], s.batch_size, s.seed,
+        views=views,
+    )  # fmt: skip
     fte, bte = tensors(te_f, te_b, np.arange(len(test.labels)))
     probs = predict_proba(model, fte, bte)
     metrics, per_family = score(probs, test, train)
+    metrics["n_unlabelled_train"] = int(len(train.labels) - len(labelled(train.labels)))
     selection = {
         "grid": {"lr": list(lrs), "wd": list(wds), "epochs": list(eval_at)},
         "val_videos": int(len(va_idx)),
         "train_videos": int(len(idx)),
+        "train_views": views or "all",
         "table": table,
         "chosen": chosen,
         "runs": len(lrs) * len(wds) if table else 0,
         "seconds": sel_seconds,
     }
+    prov = _provenance(train, test, train_path, test_path, agg_meta, aggregator)
+    prov["overlap"] = overlap
     return ProbeResult(
         name=name,
         metrics=metrics,
         per_family=per_family,
         settings={**asdict(s), "probe": kind},
         selection=selection,
-        provenance=_provenance(train, test, train_path, test_path, agg_meta, aggregator),
+        provenance=prov,
         seed=s.seed,
         seconds=time.perf_counter() - t_start,
         predictions=prediction_rows(test, probs),
     )
+
+
+def build_head(
+    name: str, in_dim: int, n_cls: int, s: ProbeSettings, aggregator: str | Path | None, precomputed: bool
+) -> nn.Module:
+    """The model a probe trains: per-clip heads for linear / mlp (and SCALE_linear on precomputed
+    concat(C_i, CLS) rows), a SequenceHead for transformer, SCALE_ft (from the checkpoint's weights) and
+    SCALE_linear on sampled views (frozen aggregator)."""
+    if name == "linear" or (name == "scale_linear" and precomputed):
+        return ClipHead(in_dim, n_cls, 0, s.bn)
+    if name == "mlp":
+        return ClipHead(in_dim, n_cls, s.hidden, s.bn)
+    if name in ("scale_ft", "scale_linear"):
+        agg, _ = load_aggregator(aggregator)  # the self-supervised weights (and dropout, as official)
+        return SequenceHead(agg, n_cls, s.bn, freeze=name == "scale_linear")
+    agg = ScaleAggregator(ScaleConfig(feature_dim=in_dim, width=s.width, depth=s.depth))
+    return SequenceHead(agg, n_cls, s.bn)
 
 
 def _concat_cls(agg: ScaleAggregator, feats: np.ndarray, boxes: np.ndarray, device: str) -> np.ndarray:
@@ -275,12 +292,16 @@ def run_knn(
     if aggregator is not None:
         agg_model, agg_meta = load_aggregator(aggregator)
         check_compatible(agg_meta["provenance"], train.attrs, "the aggregator's store", "the train store")
+        name = "scale_knn"
+    overlap = check_overlap(train, test, agg_meta, s.allow_overlap)
+    if aggregator is not None:
         tr_f = _concat_cls(agg_model, train.features, train.boxes, s.device)
         te_f = _concat_cls(agg_model, test.features, test.boxes, s.device)
-        name = "scale_knn"
-    idx = np.arange(len(train.labels))
+    idx = labelled(train.labels)  # unlabelled train videos cannot vote
+    if len(idx) == 0:
+        raise ValueError("the train store has no labelled video (every label is -1)")
     if s.low_shot:
-        idx = low_shot_indices(train.labels, s.low_shot, s.seed)
+        idx = idx[low_shot_indices(train.labels[idx], s.low_shot, s.seed)]
     use_gpu = None if s.device == "auto" else s.device == "cuda"
     # Classification always uses the mean (SCALE's code); --pool only changes the retrieval vectors.
     tr_v, te_v = center_normalize(video_vectors(tr_f[idx], "mean"), video_vectors(te_f, "mean"))
@@ -288,16 +309,20 @@ def run_knn(
     scores, _, _ = knn_classify(tr_v, train.labels[idx], te_v, n_cls, s.k, s.temperature, use_gpu)
     probs = scores / np.maximum(scores.sum(1, keepdims=True), 1e-300)
     metrics, per_family = score(probs, test, train)
+    metrics["n_unlabelled_train"] = int(len(train.labels) - len(labelled(train.labels)))
     if s.retrieval:
-        rv_tr, rv_te = center_normalize(video_vectors(tr_f[idx], s.pool), video_vectors(te_f, s.pool))
-        metrics.update(retrieval_recall(rv_tr, train.labels[idx], rv_te, test.labels, use_gpu=use_gpu))
+        q = labelled(test.labels)  # a query without a label can be neither hit nor missed
+        rv_tr, rv_te = center_normalize(video_vectors(tr_f[idx], s.pool), video_vectors(te_f[q], s.pool))
+        metrics.update(retrieval_recall(rv_tr, train.labels[idx], rv_te, test.labels[q], use_gpu=use_gpu))
+    prov = _provenance(train, test, train_path, test_path, agg_meta, aggregator)
+    prov["overlap"] = overlap
     return ProbeResult(
         name=name,
         metrics=metrics,
         per_family=per_family,
         settings={**asdict(s), "probe": "knn"},
         selection={"note": "k-NN has no trained parameters; k and T are fixed (DINO / SCALE: 20, 0.07)"},
-        provenance=_provenance(train, test, train_path, test_path, agg_meta, aggregator),
+        provenance=prov,
         seed=s.seed,
         seconds=time.perf_counter() - t_start,
         predictions=prediction_rows(test, probs),
@@ -305,10 +330,11 @@ def run_knn(
 
 
 def write_results(result: ProbeResult, out_dir: str | Path) -> tuple[Path, Path]:
-    """Write `<name>.json` (metrics, settings, selection, provenance, seed) and `<name>_predictions.csv`."""
+    """Write `<run>.json` (metrics, settings, selection, provenance, seed) and `<run>_predictions.csv`, where
+    <run> is `<name>-s<seed>-<hash of the settings, stores and aggregator>` (probe_data.run_name)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    jpath, cpath = out / f"{result.name}.json", out / f"{result.name}_predictions.csv"
+    jpath, cpath = out / f"{result.run}.json", out / f"{result.run}_predictions.csv"
     jpath.write_text(json.dumps(result.to_json(), indent=2) + "\n")
     with cpath.open("w", newline="") as fh:
         fields = ["path", "label", "pred", "pred_name", "score", "top5"]

@@ -20,6 +20,7 @@ def collect(folder: str | Path) -> list[dict[str, Any]]:
         rows.append(
             {
                 "file": str(f),
+                "run": d.get("run", d["name"]),
                 "name": d["name"],
                 "metrics": d["metrics"],
                 "per_family": d.get("per_family") or {},
@@ -32,15 +33,11 @@ def collect(folder: str | Path) -> list[dict[str, Any]]:
 
 def to_markdown(rows: list[dict[str, Any]]) -> str:
     families = sorted({f for r in rows for f in r["per_family"]})
-    metrics = [
-        m
-        for m in ("top1", "top5", "recall@1", "recall@5", "recall@20")
-        if any(m in r["metrics"] for r in rows)
-    ]
-    head = ["probe", *metrics, *(f"{f} top1" for f in families)]
+    metrics = [m for m in ("top1", "top5", "R@1", "R@5", "R@20") if any(m in r["metrics"] for r in rows)]
+    head = ["probe", "run", "seed", *metrics, *(f"{f} top1" for f in families)]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
-        cells = [r["name"]]
+        cells = [r["name"], r["run"], _fmt(r["seed"])]
         cells += [_fmt(r["metrics"].get(m)) for m in metrics]
         cells += [_fmt((r["per_family"].get(f) or {}).get("top1")) for f in families]
         lines.append("| " + " | ".join(cells) + " |")

@@ -18,6 +18,7 @@ import torch
 
 from vcache.learn.aggregator import ScaleAggregator, ScaleConfig, ScaleSSL, gather_rows, sample_sets
 from vcache.learn.checkpoints import CKPT_FORMAT, atomic_save, load_checkpoint
+from vcache.learn.probe_data import video_ids
 from vcache.runtime.devices import resolve_device
 from vcache.store import Cache, StoreError, check_compatible, store_provenance
 
@@ -47,7 +48,13 @@ class ShardStream:
         per_shard = st.videos_per_shard * st.crops_per_video * (st.feature_dim + 6) * 4
         size = max(1, int(max_bytes // max(1, per_shard)))
         self.groups = [list(range(i, min(st.n_shards, i + size))) for i in range(0, st.n_shards, size)]
-        self.n_videos = int((st.status() == 1).sum())
+        done = st.status() == 1
+        self.group_videos = [
+            int(sum(done[st.shard_videos(s).start : st.shard_videos(s).stop].sum() for s in g))
+            for g in self.groups
+        ]
+        self.n_videos = int(done.sum())
+        self.paths = [p for p, d in zip(st.paths(), done, strict=True) if d]
         self.crops_per_video, self.feature_dim = st.crops_per_video, st.feature_dim
 
     def blocks(self, epoch: int, seed: int) -> Iterator[Cache]:
@@ -56,6 +63,34 @@ class ShardStream:
         order = np.random.default_rng([seed, epoch]).permutation(len(self.groups))
         for g in order:
             yield load_cache(self.path, shards=self.groups[g])
+
+
+def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
+    """AdamW groups as the official code: no decay on biases, 1-d parameters (norms) or learned tokens."""
+    plain, decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        no_decay = p.ndim <= 1 or name.endswith(".bias") or name.endswith("_token")
+        (plain if no_decay else decay).append(p)
+    return [{"params": plain, "weight_decay": 0.0}, {"params": decay, "weight_decay": weight_decay}]
+
+
+def warmup_cosine(step: int, total: int, warmup: float) -> float:
+    """lr factor at optimiser step `step` of `total`: linear from 0 over the first `warmup` share of the
+    steps, then half a cosine down to 0 (the official code's schedule, stepped every iteration)."""
+    w = warmup * total
+    if step <= w and w > 0:
+        return step / w
+    return 0.5 * (math.cos(math.pi * (step - w) / max(total - w, 1e-9)) + 1.0)
+
+
+def batch_bounds(n: int, batch: int, drop_last: bool) -> list[tuple[int, int]]:
+    """(start, stop) of the batches over n shuffled videos; a batch of one video is never used (SET needs
+    another video as its negative), and with drop_last a partial last batch is dropped (official code)."""
+    batch = min(batch, n)
+    out = [(i, min(n, i + batch)) for i in range(0, n, batch)]
+    return [(a, b) for a, b in out if b - a >= 2 and (b - a == batch or not drop_last)]
 
 
 def train_scale(
@@ -72,9 +107,10 @@ def train_scale(
     """Train SCALE on a loaded cache (or a ShardStream) and write a checkpoint to `out` after every epoch.
 
     A loaded cache is moved to the device once (a stream, a group of shards at a time); each step samples
-    two disjoint sets of K crops per video and exactly `cfg.n_masked()` masks per set. Sampling uses a
-    generator seeded from (seed, epoch), so a run resumed from an epoch's checkpoint gives exactly the
-    weights of an uninterrupted run.
+    two disjoint sets of K crops per video and their masks (`cfg.masking`). AdamW with the official
+    parameter groups and a per-step warm-up + cosine schedule over all epochs. Sampling uses a generator
+    seeded from (seed, epoch) and the checkpoint keeps torch's RNG (dropout), so a run resumed from an
+    epoch's checkpoint gives exactly the weights of an uninterrupted run.
     `progress` gets a dict (epoch, step, steps, loss, mcm, set, samples_per_s) after every step.
     `max_steps` stops early (benchmarks); the checkpoint then holds the last completed epoch only.
     """
@@ -89,7 +125,7 @@ def train_scale(
         raise StoreError(
             f"K={cfg.k}: two disjoint sets need {2 * cfg.k} crops per video, the store has {n_crops}"
         )
-    if cfg.use_mcm and cfg.n_masked() == 0:
+    if cfg.use_mcm and cfg.mask_ratio <= 0:
         raise ValueError("the MCM loss needs a mask ratio > 0")
     if not (cfg.use_mcm or cfg.use_set):
         raise ValueError("switch on at least one of the MCM and SET losses")
@@ -98,17 +134,27 @@ def train_scale(
     dev = resolve_device(device)
     provenance = store_provenance(cache.attrs, store_path)
 
+    sizes = cache.group_videos if isinstance(cache, ShardStream) else [n]
+    bsz = min(cfg.batch_size, n)
+    steps = sum(len(batch_bounds(g, bsz, cfg.drop_last)) for g in sizes)
+    if steps == 0:
+        raise StoreError(f"no batch of at least 2 videos: {n} videos, batch size {cfg.batch_size}")
     torch.manual_seed(cfg.seed)
     model = ScaleSSL(cfg).to(dev)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    opt = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr)
+    total_steps = steps * cfg.epochs
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: warmup_cosine(i, total_steps, cfg.warmup))
     start_epoch, history = 0, []
     if resume and out.exists():
         ckpt = load_checkpoint(out)
         saved = dict(ckpt["config"])
         now = asdict(cfg)
-        diff = [f.name for f in fields(cfg) if f.name != "epochs" and saved.get(f.name) != now[f.name]]
+        diff = [f.name for f in fields(cfg) if _norm(saved.get(f.name)) != _norm(now[f.name])]
         if diff:
-            raise ValueError(f"--resume: settings differ from the checkpoint's: {', '.join(diff)}")
+            raise ValueError(
+                f"--resume: settings differ from the checkpoint's: {', '.join(diff)} (the learning-rate "
+                "schedule spans all epochs, so --epochs must match too)"
+            )
         check_compatible(ckpt["provenance"], cache.attrs, "the checkpoint's store", "the train store")
         if ckpt["provenance"].get("manifest_hash") != cache.attrs.get("manifest_hash"):
             raise StoreError(
@@ -116,6 +162,8 @@ def train_scale(
             )
         model.load_state_dict(ckpt["model"])
         opt.load_state_dict(ckpt["optimizer"])
+        sched.load_state_dict(ckpt["scheduler"])
+        torch.set_rng_state(ckpt["rng"])
         start_epoch, history = int(ckpt["epochs_done"]), list(ckpt["history"])
 
     def blocks(epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
@@ -127,25 +175,20 @@ def train_scale(
 
     if not isinstance(cache, ShardStream):
         whole = (torch.as_tensor(cache.features, device=dev), torch.as_tensor(cache.boxes, device=dev))
-    bsz = min(cfg.batch_size, n)
-    steps = math.ceil(n / bsz)
-    n_masked = cfg.n_masked()
     done_steps, t_data, t_total, seen = 0, 0.0, 0.0, 0
     epoch = start_epoch
     model.train()
     for epoch in range(start_epoch, cfg.epochs):
         gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch)
         sums = {"total": 0.0, "mcm": 0.0, "set": 0.0}
-        s = 0
+        s, n_seen = 0, 0
         for feats, boxes in blocks(epoch):
             nb = len(feats)
             order = torch.randperm(nb, generator=gen)
-            idx1, idx2, m1, m2 = sample_sets(nb, n_crops, cfg.k, n_masked, gen)
-            for first in range(0, nb, bsz):
+            idx1, idx2, m1, m2 = sample_sets(nb, n_crops, cfg.k, cfg.mask_ratio, gen, cfg.masking)
+            for first, stop in batch_bounds(nb, bsz, cfg.drop_last):
                 t0 = time.perf_counter()
-                vids = order[first : first + bsz]
-                if len(vids) < 2:  # a lone video has no negatives for SET
-                    continue
+                vids = order[first:stop]
                 vd = vids.to(dev)
                 f_all, b_all = feats[vd], boxes[vd]
                 i1, i2 = idx1[vids].to(dev), idx2[vids].to(dev)
@@ -159,11 +202,13 @@ def train_scale(
                 opt.zero_grad(set_to_none=True)
                 losses["total"].backward()
                 opt.step()
+                sched.step()
                 vals = {k: float(v.detach()) for k, v in losses.items()}  # float() syncs the device
                 t2 = time.perf_counter()
                 t_data += t1 - t0
                 t_total += t2 - t0
                 seen += len(vids)
+                n_seen += len(vids)
                 for key in sums:
                     sums[key] += vals[key] * len(vids)
                 done_steps += 1
@@ -186,17 +231,26 @@ def train_scale(
                 break
         if max_steps is not None and done_steps >= max_steps:
             break
-        history.append({"epoch": epoch + 1, **{k: v / n for k, v in sums.items()}})
+        history.append(
+            {
+                "epoch": epoch + 1,
+                "lr": sched.get_last_lr()[0],
+                **{k: v / max(n_seen, 1) for k, v in sums.items()},
+            }
+        )
         atomic_save(
             {
                 "format": CKPT_FORMAT,
                 "config": asdict(cfg),
                 "model": model.state_dict(),
                 "optimizer": opt.state_dict(),
+                "scheduler": sched.state_dict(),
+                "rng": torch.get_rng_state(),
                 "epochs_done": epoch + 1,
                 "history": history,
                 "provenance": provenance,
                 "class_names": list(cache.attrs.get("class_names") or []),
+                "video_ids": video_ids(cache.paths),
             },
             out,
         )
@@ -207,6 +261,10 @@ def train_scale(
         samples_per_s=seen / max(t_total, 1e-9),
         data_share=t_data / max(t_total, 1e-9),
     )
+
+
+def _norm(v):
+    return list(v) if isinstance(v, tuple) else v
 
 
 def encode_videos(

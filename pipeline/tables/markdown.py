@@ -34,9 +34,11 @@ from vcache.tables.plan import PROBES_MAIN
 
 
 def _top1(folder: Path) -> float | None:
-    for f in sorted(folder.glob("*.json")):
+    """The newest probe result in a step's folder (result files are named per run, so a step rerun with
+    other options leaves its old file beside the new one)."""
+    for f in sorted(folder.glob("*.json"), key=lambda p: p.stat().st_mtime, reverse=True):
         d = json.loads(f.read_text())
-        if isinstance(d, dict) and "metrics" in d:
+        if isinstance(d, dict) and "top1" in (d.get("metrics") or {}):
             return 100.0 * float(d["metrics"]["top1"])
     return None
 
