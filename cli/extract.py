@@ -118,7 +118,7 @@ def extract_cmd(
     if mode not in ("train", "eval", "pairs"):
         raise typer.BadParameter(f"--mode {mode!r}: choose train, eval or pairs")
     if mode == "pairs" and clip_frames is None and not _stica_checkpoint(checkpoint):
-        clip_frames = 32  # STiCA section 4.1: 32 frames give R(2+1)D-18 a 4 x 7 x 7 map at 112 px
+        clip_frames = 32  # STiCA Sec. 4.2 uses 30; 32 give R(2+1)D-18 a 4 x 7 x 7 map at 112 px
     if mode == "eval":
         try:
             parse_layout(layout)
