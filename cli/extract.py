@@ -57,7 +57,8 @@ def extract_cmd(
     mode: str = typer.Option(
         "train",
         help="train: K random augmented crops per video; eval: uniform clips x crops; pairs: STiCA's pairs "
-        "of large crops sharing a time extent (default 32-frame clips; use with --feature-maps).",
+        "of large crops sharing a time extent (default 32-frame clips, or the clips a `pretrain stica` "
+        "checkpoint was trained on; use with --feature-maps).",
     ),
     pairs: int = typer.Option(4, help="Pairs per video in pairs mode (STiCA)."),
     crops: int = typer.Option(16, help="Crops per video in train mode (SCALE caches 16)."),
@@ -116,8 +117,8 @@ def extract_cmd(
 
     if mode not in ("train", "eval", "pairs"):
         raise typer.BadParameter(f"--mode {mode!r}: choose train, eval or pairs")
-    if mode == "pairs" and clip_frames is None:
-        clip_frames = 32  # STiCA section 4.1: 32 frames give R(2+1)D-18 a 4 x 7 x 7 map at 112 px
+    if mode == "pairs" and clip_frames is None and not _stica_checkpoint(checkpoint):
+        clip_frames = 32  # STiCA Sec. 4.2 uses 30; 32 give R(2+1)D-18 a 4 x 7 x 7 map at 112 px
     if mode == "eval":
         try:
             parse_layout(layout)
@@ -185,6 +186,19 @@ def extract_cmd(
         fail(f"cannot write the store at {out}: {e}")
     _print_report(report, quiet)
     raise typer.Exit(report.exit_code)
+
+
+def _stica_checkpoint(checkpoint: Path | None) -> bool:
+    """True for a trunk from `vcache pretrain stica`: its recorded clip length is the one it was trained
+    on, so pairs mode keeps it instead of the 32-frame default."""
+    if checkpoint is None or not checkpoint.is_file():
+        return False
+    from vcache.models import load_checkpoint
+
+    try:
+        return load_checkpoint(checkpoint)["config"].get("method") == "stica"
+    except ValueError:
+        return False
 
 
 def _class_families(videos: Path, annotations: Path | None) -> dict[str, str] | None:

@@ -12,14 +12,18 @@ import pytest
 import torch
 from scipy.stats import chisquare
 from torch import nn
+from typer.testing import CliRunner
 
-from vcache.models import build_backbone
+from vcache.cli.app import app
+from vcache.models import build_backbone, load_checkpoint
 from vcache.models.vit import VideoViT, interpolate_pos_embed
 from vcache.pretrain.augment import apply_aug, cvrl_settings, draw_aug
 from vcache.pretrain.cvrl import CVRLConfig, clip_starts, sample_interval, train_cvrl
+from vcache.pretrain.cvrl import make_plan as cvrl_plan
 from vcache.pretrain.data import GlobalBatchSampler, list_videos
 from vcache.pretrain.loop import state_path
-from vcache.pretrain.svt import SVTConfig, train_svt
+from vcache.pretrain.svt import SVTConfig, build_student, train_svt
+from vcache.pretrain.svt import make_plan as svt_plan
 from vcache.runtime.distributed import DistBatchNorm, DistContext
 
 D = 12
@@ -174,6 +178,73 @@ def test_svt_end_to_end_saves_the_teacher(tiny_dataset: Path, tmp_path: Path) ->
     teacher = torch.load(state_path(out), weights_only=True)["teacher"]
     assert torch.equal(teacher["backbone.pos_embed"], model.pos_embed.detach())
     assert model(torch.zeros(1, 3, 4, 32, 32))[0].shape == (1, model.feature_dim)
+
+
+def test_svt_teacher_moves_toward_the_student_by_the_ema_amount(tiny_dataset: Path, tmp_path: Path) -> None:
+    """One step at starting momentum 0.5 (the cosine schedule's first value is the start): every teacher
+    parameter is 0.5 x its initial value + 0.5 x the stepped student's (SVT Sec. 3.2, DINO's EMA)."""
+    cfg = _tiny_svt(steps=1, momentum_teacher=0.5)
+    out = tmp_path / "svt.pt"
+    train_svt(list_videos(tiny_dataset), out, cfg, DistContext(), progress=False)
+    st = torch.load(state_path(out), weights_only=True)
+    torch.manual_seed(cfg.seed)  # train_svt's initial weights: the teacher starts as a copy of them
+    init = dict(build_student(cfg).named_parameters())
+    moved = 0
+    for k, p0 in init.items():
+        student, teacher = st["student"][k], st["teacher"][k]
+        torch.testing.assert_close(teacher, 0.5 * p0.detach() + 0.5 * student, rtol=1e-6, atol=1e-7, msg=k)
+        moved += not torch.equal(teacher, p0)
+    assert moved > len(init) // 2  # the student did move, so the EMA is not trivially the initial weights
+
+
+def test_svt_global_and_local_views_use_their_crop_scales() -> None:
+    """Global views: area fraction in [0.4, 1], locals in [0.05, 0.4] at their own sides: the official
+    code's crop scales (kahnchana/svt datasets/transform.py VideoDataAugmentationDINO, train_ssl.py
+    --global_crops_scale / --local_crops_scale; SVT Sec. 3.1: locals cover about 40 % of the area)."""
+    cfg = SVTConfig()
+    assert cfg.global_area == (0.4, 1.0) and cfg.local_area == (0.05, 0.4)
+    plan = svt_plan(cfg)
+    n_global = len(cfg.global_frames)
+    areas: dict[str, list[float]] = {"global": [], "local": []}
+    for seed in range(60):
+        views = plan(np.random.default_rng(seed), 200, 48, 64)
+        assert len(views) == n_global + cfg.n_local
+        for i, v in enumerate(views):
+            kind = "global" if i < n_global else "local"
+            assert v.size == (cfg.global_size if kind == "global" else cfg.local_size)
+            (p,) = v.params  # one draw per view: temporally consistent (SVT Sec. 3.2.4)
+            y0, x0, y1, x1 = p.box[2:]
+            areas[kind].append(float((y1 - y0) * (x1 - x0)))
+    g, loc = np.array(areas["global"]), np.array(areas["local"])
+    assert g.min() >= 0.4 - 1e-5 and g.max() <= 1 + 1e-6 and g.mean() > 0.5  # large boxes are often refused
+    assert loc.min() >= 0.05 - 1e-6 and loc.max() <= 0.4 + 1e-5 and 0.15 < loc.mean() < 0.3  # 0.225
+
+
+def test_per_frame_aug_draws_one_augmentation_per_frame() -> None:
+    """CVRL Table 9's inconsistent variant: with per_frame_aug every frame of a clip has its own draw
+    (different crops); without it one draw serves every frame of the clip (Algorithm 1)."""
+    for per_frame in (True, False):
+        plan = cvrl_plan(_tiny_cvrl(per_frame_aug=per_frame), 8, 2, 32)
+        views = plan(np.random.default_rng(0), 40, 48, 64)
+        assert len(views) == 2
+        for v in views:
+            if per_frame:
+                assert len(v.params) == 8 and len({tuple(p.box.tolist()) for p in v.params}) == 8
+            else:
+                assert len(v.params) == 1
+
+
+def test_cli_pretrain_cvrl_passes_its_switches(tiny_dataset: Path, tmp_path: Path) -> None:
+    """`vcache pretrain cvrl` hands --per-frame-aug and the augmentation switches to the run: the
+    checkpoint's recorded config says so."""
+    out = tmp_path / "cvrl.pt"
+    args = ["pretrain", "cvrl", str(tiny_dataset), "--out", str(out), "--clip-frames", "8",
+            "--frame-stride", "2", "--input-size", "32", "--batch-size", "4", "--steps", "1",
+            "--workers", "0", "--device", "cpu", "--per-frame-aug", "--no-blur", "--quiet"]  # fmt: skip
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 0, res.output
+    cfg = load_checkpoint(out)["config"]["pretrain"]["config"]
+    assert cfg["per_frame_aug"] is True and cfg["aug"]["blur_prob"] == 0.0 and cfg["aug"]["flip_prob"] == 0.5
 
 
 def test_global_batches_split_over_ranks() -> None:

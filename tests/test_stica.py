@@ -319,11 +319,14 @@ def test_pairs_store_from_real_videos_trains_and_embeds(tiny_dataset, tmp_path):
 
 
 def test_pretrain_stica_runs_two_steps_and_saves_a_loadable_checkpoint(tiny_dataset, tmp_path):
+    """Two steps of `vcache pretrain stica` on 24-frame clips (a 3 x 2 x 2 map: neither the backbone's 16
+    frames nor pairs mode's 32): the trunk's weights move, the checkpoint records the trained clips and
+    `vcache extract --checkpoint` gives the trained map in train and pairs mode."""
     from vcache.models import build_backbone, load_checkpoint
 
     out = tmp_path / "stica.pt"
     args = ["pretrain", "stica", str(tiny_dataset), "--out", str(out), "--backbone", "r2plus1d_18_narrow",
-            "--clip-frames", "16", "--input-size", "32", "--frame-stride", "1",  # a 2 x 2 x 2 map
+            "--clip-frames", "24", "--input-size", "32", "--frame-stride", "1",  # a 3 x 2 x 2 map
             "--spatial-medium-size", "2", "--spatial-small-size", "1", "--temporal-medium-size", "2",
             "--temporal-small-size", "1", "--width", "32", "--epochs", "1", "--batch", "3",
             "--workers", "0", "--device", "cpu", "--lr", "0.01"]  # fmt: skip
@@ -332,14 +335,32 @@ def test_pretrain_stica_runs_two_steps_and_saves_a_loadable_checkpoint(tiny_data
     assert "2 steps" in res.output
     ck = load_checkpoint(out)
     assert ck["backbone"] == "r2plus1d_18_narrow" and ck["config"]["method"] == "stica"
-    assert ck["config"]["map_shape"] == [2, 2, 2, 128] and ck["config"]["epochs_done"] == 1
+    assert ck["config"]["map_shape"] == [3, 2, 2, 128] and ck["config"]["epochs_done"] == 1
+    pre = ck["preprocessing"]
+    assert (pre["clip_frames"], pre["frame_stride"], pre["input_size"]) == (24, 1, 32)
+    assert pre["resize_short"] == round(32 * 73 / 64)  # the backbone's short-side ratio at the new size
     trained = build_backbone(None, checkpoint=out)  # what `vcache extract --checkpoint` does
     torch.manual_seed(0)
     fresh = build_backbone("r2plus1d_18_narrow")
-    pairs = zip(trained.state_dict().values(), fresh.state_dict().values(), strict=True)
-    assert any(not torch.equal(a, b) for a, b in pairs)  # the trunk was trained
+    # weights, not batch-norm buffers (those move in any forward pass in train mode): every convolution of
+    # the trunk, the stem farthest from the loss included, was changed by a gradient step
+    new, old = dict(trained.named_parameters()), dict(fresh.named_parameters())
+    convs = [k for k, v in new.items() if v.ndim == 5]
+    assert convs[0] == "stem.0.weight"
+    moved = [k for k in convs if not torch.equal(new[k], old[k])]
+    assert moved == convs, f"unchanged trunk weights: {sorted(set(convs) - set(moved))[:4]}"
     with torch.no_grad():
         _, fmap = trained(torch.zeros(1, 3, 32, 64, 64))
     assert fmap.shape == (1, 4, 4, 4, 128)  # the trunk works at any clip size, e.g. STiCA's 32 x 64
+    for mode, k in (("train", 1), ("pairs", 2)):  # extraction with the checkpoint: the trained 3 x 2 x 2 map
+        store = tmp_path / f"{mode}.zarr"
+        ext = ["extract", str(tiny_dataset), "--out", str(store), "--backbone", "r2plus1d_18_narrow",
+               "--checkpoint", str(out), "--mode", mode, "--crops", "1", "--pairs", "1", "--feature-maps",
+               "--workers", "0", "--device", "cpu", "--quiet"]  # fmt: skip
+        r = CliRunner().invoke(app, ext)
+        assert r.exit_code == 0, r.output
+        st = open_store(store)
+        assert st.attrs["map_shape"] == [3, 2, 2, 128], mode
+        assert st.group["crops/maps"].shape == (6 * k, 3, 2, 2, 128)
     res = CliRunner().invoke(app, args)
     assert res.exit_code != 0 and "exists" in res.output

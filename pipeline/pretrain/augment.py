@@ -74,9 +74,15 @@ def cvrl_settings(
 
 
 def dino_settings(area: tuple[float, float], blur_prob: float, solarize_prob: float = 0.0) -> AugSettings:
-    """DINO's view augmentation as SVT's official code uses it: jitter (0.4, 0.4, 0.2, 0.1) p 0.8,
-    greyscale 0.2, flip 0.5, RandomResizedCrop with aspect [3/4, 4/3]; blur p 1.0 / 0.1 / 0.5 for the first
-    global, the second global and the locals; solarisation 0.2 on the second global."""
+    """DINO's view augmentation: RandomResizedCrop over ``area`` with aspect [3/4, 4/3], flip 0.5, jitter
+    (0.4, 0.4, 0.2, 0.1) p 0.8, greyscale 0.2, blur with ``blur_prob`` (DINO: 1.0 / 0.1 / 0.5 for the
+    first global, the second global and the locals), solarisation ``solarize_prob`` (0.2 on the second
+    global).
+
+    SVT Sec. 3.2.4 names jitter, greyscale, Gaussian blur and solarisation; the values are DINO's. The
+    official SVT code (datasets/transform.py, VideoDataAugmentationDINO) keeps the crop scales, aspect,
+    flip, greyscale and jitter probabilities but jitters without hue and turns its blur and solarisation
+    into no-ops ("negligible improvement"); we follow the paper here (docs/pretrain.md)."""
     return AugSettings(
         area=area,
         aspect=(3 / 4, 4 / 3),

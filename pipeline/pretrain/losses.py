@@ -128,7 +128,7 @@ def update_center(center: Tensor, batch_mean: Tensor, momentum: float = 0.9) -> 
 
 @torch.no_grad()
 def ema_update(teacher: nn.Module, student: nn.Module, momentum: float) -> None:
-    """teacher <- m teacher + (1 - m) student for every parameter; floating buffers are copied.
+    """teacher <- m teacher + (1 - m) student for every parameter; buffers are copied from the student.
 
     The teacher is an exponential moving average of the student (SVT Sec. 3.2, BYOL / DINO); the
     momentum rises from 0.996 to 1 on a cosine schedule in the official code.

@@ -7,7 +7,10 @@ view with the temporal transformer and applies the within-video loss (eq. 6). Th
 audio-visual term (eq. 7, temperature 0.1) is left out: there is no audio here.
 
 The trunk is written with `vcache.models.save_checkpoint`, so `vcache extract --checkpoint` loads it
-like the other pretraining methods. The head and optimizer go to `<out>.state` for `--resume`.
+like the other pretraining methods. The checkpoint's preprocessing is the one the trunk was trained with
+(frames per clip, frame stride, crop side and the short side scaled with it, :func:`trained_preprocessing`),
+so extraction with it cuts the same clips and yields the trained map (4 x 7 x 7 for 32 frames at 112 px).
+The head and optimizer go to `<out>.state` for `--resume`.
 
 Deviations, all where the paper (Sec. 6.1) says what it does and we do less:
 - Input augmentation is the random-resized crop and flip of the `pairs` sampling only: no colour jitter,
@@ -23,7 +26,7 @@ import hashlib
 import os
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +36,7 @@ import torch
 from vcache.data.crops import CropSettings
 from vcache.extract.workers import DecodePool, DecodeTask
 from vcache.learn.stica import HeadConfig, TemporalHead, ViewConfig, train_step
-from vcache.models import VideoBackbone, build_backbone, save_checkpoint
+from vcache.models import Preprocessing, build_backbone, save_checkpoint
 from vcache.store import DONE
 
 METHOD = "stica"
@@ -85,17 +88,28 @@ def _state_path(out: Path) -> Path:
     return out.with_name(out.name + ".state")
 
 
-def _epoch_settings(cfg: PretrainSticaConfig, model: VideoBackbone, epoch: int) -> CropSettings:
-    """One pair per video and epoch; a new draw every epoch (the crops depend on the seed)."""
-    pre = model.preprocessing
+def trained_preprocessing(cfg: PretrainSticaConfig, pre: Preprocessing) -> Preprocessing:
+    """The backbone's preprocessing with the clip length, stride and crop side of this run: what the
+    checkpoint records, so that `vcache extract --checkpoint` cuts the clips the trunk was trained on."""
     size = cfg.input_size or pre.input_size
-    digest = hashlib.sha256(f"stica|{cfg.seed}|{epoch}".encode()).digest()
-    return CropSettings(
-        mode="pairs",
+    return replace(
+        pre,
         clip_frames=cfg.clip_frames,
         frame_stride=cfg.frame_stride or pre.frame_stride,
         input_size=size,
         resize_short=round(size * pre.resize_short / pre.input_size),
+    )
+
+
+def _epoch_settings(cfg: PretrainSticaConfig, pre: Preprocessing, epoch: int) -> CropSettings:
+    """One pair per video and epoch; a new draw every epoch (the crops depend on the seed)."""
+    digest = hashlib.sha256(f"stica|{cfg.seed}|{epoch}".encode()).digest()
+    return CropSettings(
+        mode="pairs",
+        clip_frames=pre.clip_frames,
+        frame_stride=pre.frame_stride,
+        input_size=pre.input_size,
+        resize_short=pre.resize_short,
         pairs=1,
         seed=int.from_bytes(digest[:4], "little"),
     )
@@ -160,8 +174,8 @@ def pretrain_stica(
     else:
         model = build_backbone(cfg.backbone)
     model = model.to(dev)
-    pre = model.preprocessing
-    settings0 = _epoch_settings(cfg, model, 0)
+    model.preprocessing = pre = trained_preprocessing(cfg, model.preprocessing)
+    settings0 = _epoch_settings(cfg, pre, 0)
     t, h, w, c = model.map_shape(settings0.clip_frames, settings0.input_size)
     cfg.views.check((t, h, w))
     head = TemporalHead(
@@ -213,7 +227,7 @@ def pretrain_stica(
         for epoch in range(start_epoch, cfg.epochs):
             model.train()
             head.train()
-            settings = _epoch_settings(cfg, model, epoch)
+            settings = _epoch_settings(cfg, pre, epoch)
             rng = np.random.default_rng([cfg.seed, epoch])
             order = rng.permutation(n)
             total, count, batch = 0.0, 0, []

@@ -189,7 +189,9 @@ def segment_frames(rng: np.random.Generator, n: int, span: float, frames: int) -
 
 
 def make_plan(cfg: SVTConfig):
-    """Per video: the global views (first blurred always, second p 0.1 + solarisation 0.2), then locals."""
+    """Per video: the global views, then the locals, each with one augmentation draw for all its frames
+    (:func:`dino_settings`: blur p 1.0 on the first global, 0.1 + solarisation 0.2 on the second, 0.5 on
+    the locals; crop scales ``cfg.global_area`` / ``cfg.local_area``)."""
     g_aug = [dino_settings(cfg.global_area, 1.0), dino_settings(cfg.global_area, 0.1, 0.2)]
     l_aug = dino_settings(cfg.local_area, 0.5)
 

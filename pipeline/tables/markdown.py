@@ -318,6 +318,8 @@ def _stica_section(layout: dict[str, Any]) -> tuple[str, list[Check]]:
             ["spatial, temporal feature crops", "ours (linear)", "paper"],
             [[k, fmt(v), f"{PAPER_STICA_1B[k]:.1f}"] for k, v in st.items()],
         )  # fmt: skip
+        + "\nPaper column: Table 1b as printed (its first row, no feature crops, is 54.0). The paper's "
+        "prose and Table 1e give the spatial-only 1×6² + 2×4² variant 59.9, not 58.4 (docs/tables.md).\n"
     )
     rows = list(st.values())
     ok = _gt(_mean(rows[-1]), _mean(rows[0]))

@@ -68,9 +68,11 @@ PAPER_STICA_1F = {"a": 29.3, "b": 100.7, "c": 30.0}
 # STiCA Table 1b (feature crops; HMDB-51 finetuning accuracy after 100 epochs), keyed by our row labels.
 # The table has five rows (spatial M, S; temporal M, S -> Acc.): no feature crops -> 54.0; 1×7², -, 1×4, -
 # -> 59.9; 1×6², 2×4², 1×4, - -> 58.4; 1×6², 2×4², 2×3, 1×2 -> 60.4; 2×6², 4×4², 2×3, 1×2 -> 60.4. We run
-# the last four (the first, 54.0, is the model without feature crops). The prose under the table calls
-# 1×6² + 2×4² the "basic variant" and gives it ~59.9 ("nearly 6%" over 54.0), which disagrees with the
-# table's own 58.4; we keep the table's numbers.
+# the last four (the first, 54.0, is the model without feature crops). The prose under the table
+# ("Feature crop parameters") calls 1×6² + 2×4² the "basic variant" and gives it ~59.9 ("nearly 6%" over
+# 54.0), as does Table 1e (C_space only: 59.9); both disagree with the table's own 58.4. The column is
+# labelled Table 1b, so it keeps the table's numbers, row for row (checked again for issue 18, which read
+# the prose as a one-row shift: docs/tables.md).
 PAPER_STICA_1B = {
     "1×7², 1×4 (full map)": 59.9,
     "1×6² + 2×4², 1×4": 58.4,
