@@ -60,7 +60,7 @@ demo: install
 	$(VC) probe linear $(DEMO)/train_eval.zarr $(DEMO)/test_eval.zarr --aggregator $(DEMO)/scale.pt --out $(DEMO)/results
 	$(VC) probe transformer $(DEMO)/train_eval.zarr $(DEMO)/test_eval.zarr --aggregator $(DEMO)/scale.pt \
 	  --epochs $(DEMO_FT_EPOCHS) --out $(DEMO)/results
-	$(VC) results $(DEMO)/results --markdown $(DEMO)/results.md
+	$(VC) results $(DEMO)/results --markdown $(DEMO)/results.md --figure $(DEMO)/results.png
 
 # The papers' tables at this machine's scale, beside the papers' numbers (docs/tables.md).
 # QUICK=1: the ~2-minute version (results/quick/). DATA=/path/to/UCF-101 SPLITS=/path/to/ucfTrainTestlist:

@@ -303,11 +303,14 @@ def export_cmd(
 def results_cmd(
     folder: Path = typer.Argument(..., help="Folder with probe result JSON files (searched recursively)."),
     markdown: Path | None = typer.Option(None, help="Also write the table as markdown to this file."),
+    figure: Path | None = typer.Option(
+        None, help="Also draw top-1 per run as a bar chart into this PNG [default: no figure]."
+    ),
 ) -> None:
     """Gather the results of `vcache probe` runs into one table (top-1/top-5, per class family)."""
     from rich.table import Table
 
-    from vcache.learn.report import collect, to_markdown
+    from vcache.learn.report import bar_figure, collect, to_markdown
 
     rows = collect(folder)
     if not rows:
@@ -315,6 +318,11 @@ def results_cmd(
     md = to_markdown(rows)
     if markdown:
         markdown.write_text(md)
+    if figure:
+        try:
+            console.print(f"figure: {bar_figure(rows, figure)}")
+        except ValueError as e:
+            fail(str(e))
     lines = [ln for ln in md.splitlines() if ln.strip()]
     head = [c.strip() for c in lines[0].strip("|").split("|")]
     t = Table(title=f"results in {folder}")

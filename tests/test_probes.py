@@ -151,8 +151,11 @@ def test_cli_train_and_probe(stores, tmp_path):
         assert r.exit_code == 2 and "low-shot" in r.output and "Traceback" not in r.output
     r = runner.invoke(app, ["probe", "knn", *pair, "--low-shot", "2"])
     assert r.exit_code == 2 and "low-shot" in r.output
-    r = runner.invoke(app, ["results", str(out), "--markdown", str(tmp_path / "r.md")])
+    r = runner.invoke(
+        app, ["results", str(out), "--markdown", str(tmp_path / "r.md"), "--figure", str(tmp_path / "r.png")]
+    )
     assert r.exit_code == 0, r.output
+    assert (tmp_path / "r.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     md = (tmp_path / "r.md").read_text().splitlines()
     head = [c.strip() for c in md[0].strip("|").split("|")]
     row = next([c.strip() for c in ln.strip("|").split("|")] for ln in md if "scale_knn" in ln)

@@ -1,4 +1,5 @@
-"""Collect probe result files (`<name>.json`, written by vcache.learn.probes.write_results) into one table."""
+"""Collect probe result files (`<run>.json`, written by vcache.learn.probes.write_results) into one table and
+one bar chart."""
 
 from __future__ import annotations
 
@@ -46,3 +47,32 @@ def to_markdown(rows: list[dict[str, Any]]) -> str:
 
 def _fmt(v: Any) -> str:
     return "" if v is None else f"{v:.3f}" if isinstance(v, float) else str(v)
+
+
+def bar_figure(rows: list[dict[str, Any]], path: str | Path, metric: str = "top1") -> Path:
+    """A horizontal bar chart of `metric` per run (PNG), in the table's order, each bar labelled with its
+    value; runs without the metric are left out."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    have = [r for r in rows if isinstance(r["metrics"].get(metric), int | float)]
+    if not have:
+        raise ValueError(f"no result has {metric}")
+    labels = [f"{r['name']} (s{r['seed']})" for r in have]
+    vals = [float(r["metrics"][metric]) for r in have]
+    fig, ax = plt.subplots(figsize=(6.0, 0.45 * len(have) + 1.2))
+    ax.barh(range(len(vals)), vals, color="#4c72b0")
+    ax.set_yticks(range(len(vals)), labels, fontsize=8)
+    ax.invert_yaxis()
+    for i, v in enumerate(vals):
+        ax.text(v + 0.01, i, f"{v:.2f}", va="center", fontsize=8)
+    ax.set_xlim(0, 1.1)
+    n_test = {r["metrics"].get("n_test") for r in have}
+    ax.set_xlabel(f"{metric} on {n_test.pop() if len(n_test) == 1 else 'the'} test videos")
+    fig.tight_layout()
+    out = Path(path)
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
