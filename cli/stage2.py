@@ -186,6 +186,10 @@ def _show(result: Any, paths: tuple[Path, Path]) -> None:
     if chosen:
         table.add_row("chosen on val", f"lr {chosen['lr']:g} wd {chosen['wd']:g} epochs {chosen['epochs']}")
     console.print(table)
+    for w in result.provenance.get("warnings") or []:
+        console.print(f"[yellow]warning:[/] {w}")
+    for d in result.provenance.get("mismatch") or []:
+        console.print(f"[yellow]mismatch allowed:[/] {d}")
     console.print(f"results: {paths[0]}  predictions: {paths[1]}")
 
 
@@ -244,7 +248,7 @@ def _run(train_store: Path, test_store: Path, out: Path, aggregator: Path | None
     if aggregator is not None and not aggregator.is_file():
         fail(f"aggregator checkpoint not found: {aggregator}")
     try:
-        train, test = load_pair(train_store, test_store)
+        train, test = load_pair(train_store, test_store, settings.allow_mismatch)
         result = runner(train, test, settings, aggregator, train_store, test_store)
     except (StoreError, ValueError) as e:
         fail(str(e))
@@ -253,6 +257,10 @@ def _run(train_store: Path, test_store: Path, out: Path, aggregator: Path | None
 
 OVERLAP_HELP = (
     "Allow test videos that are also train videos or that the aggregator was trained on [default: refused]."
+)
+MISMATCH_HELP = (
+    "Allow stores (or an aggregator) made with other weights, preprocessing or clip length; the differences "
+    "are kept in the result [default: refused]. A different feature dim is always refused."
 )
 VIEWS_HELP = (
     "Random clips per video per training step; 0: all [default: 8 on a train-mode train store, the official "
@@ -280,12 +288,14 @@ def linear_cmd(
     seed: int = typer.Option(0, help="Seed of the split, the initialisation and the batches."),
     views: int | None = typer.Option(None, help=VIEWS_HELP),
     allow_overlap: bool = typer.Option(False, "--allow-overlap", help=OVERLAP_HELP),
+    allow_mismatch: bool = typer.Option(False, "--allow-mismatch", help=MISMATCH_HELP),
     device: str = typer.Option("auto", help=options.DEVICE_HELP),
 ) -> None:
     """Per-clip linear softmax classifier, softmax averaged over a video's clips (SCALE's Linear)."""
     _classifier(
         "linear", train_store, test_store, out, aggregator, bn, low_shot, lr, wd, epochs, seed, device,
-        {"views": views, "allow_overlap": allow_overlap},
+        {"views": views, "allow_overlap": allow_overlap,
+        "allow_mismatch": allow_mismatch},
     )  # fmt: skip
 
 
@@ -303,6 +313,7 @@ def mlp_cmd(
     seed: int = typer.Option(0, help="Seed of the split, the initialisation and the batches."),
     views: int | None = typer.Option(None, help=VIEWS_HELP),
     allow_overlap: bool = typer.Option(False, "--allow-overlap", help=OVERLAP_HELP),
+    allow_mismatch: bool = typer.Option(False, "--allow-mismatch", help=MISMATCH_HELP),
     device: str = typer.Option("auto", help=options.DEVICE_HELP),
 ) -> None:
     """An MLP on each clip's feature, softmax averaged over a video's clips (SCALE's MLP baseline)."""
@@ -319,7 +330,7 @@ def mlp_cmd(
         epochs,
         seed,
         device,
-        {"hidden": hidden, "views": views, "allow_overlap": allow_overlap},
+        {"hidden": hidden, "views": views, "allow_overlap": allow_overlap, "allow_mismatch": allow_mismatch},
     )
 
 
@@ -343,10 +354,17 @@ def transformer_cmd(
     seed: int = typer.Option(0, help="Seed of the split, the initialisation and the batches."),
     views: int | None = typer.Option(None, help=VIEWS_HELP),
     allow_overlap: bool = typer.Option(False, "--allow-overlap", help=OVERLAP_HELP),
+    allow_mismatch: bool = typer.Option(False, "--allow-mismatch", help=MISMATCH_HELP),
     device: str = typer.Option("auto", help=options.DEVICE_HELP),
 ) -> None:
     """The SCALE architecture over all of a video's clips, trained supervised (random init, or SCALE_ft)."""
-    extra = {"width": width, "depth": depth, "views": views, "allow_overlap": allow_overlap}
+    extra = {
+        "width": width,
+        "depth": depth,
+        "views": views,
+        "allow_overlap": allow_overlap,
+        "allow_mismatch": allow_mismatch,
+    }
     _classifier(
         "transformer",
         train_store,
@@ -383,6 +401,7 @@ def knn_cmd(
     ),
     seed: int = typer.Option(0, help="Seed of the low-shot draw."),
     allow_overlap: bool = typer.Option(False, "--allow-overlap", help=OVERLAP_HELP),
+    allow_mismatch: bool = typer.Option(False, "--allow-mismatch", help=MISMATCH_HELP),
     device: str = typer.Option("auto", help=options.DEVICE_HELP),
 ) -> None:
     """DINO-style weighted k-NN on video vectors (mean of clips, minus train mean, L2-normalised)."""
@@ -401,6 +420,7 @@ def knn_cmd(
         low_shot=low_shot,
         seed=seed,
         allow_overlap=allow_overlap,
+        allow_mismatch=allow_mismatch,
         device=device,
     )
     _run(train_store, test_store, out, aggregator, run_knn, s)

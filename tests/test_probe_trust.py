@@ -183,3 +183,38 @@ def test_result_files_are_named_per_run(stores, tmp_path):
     names = sorted(p.name for p in tmp_path.glob("*.json"))
     assert len(names) == 2 and all(n.startswith("knn-s0-") for n in names)  # same run: same file
     assert runs[1].run == runs[2].run != runs[0].run
+
+
+def _attrs(sha="0" * 64, seed=None, frames=16, dim=16, mode="eval"):
+    pre = {"mean": [0.5] * 3, "std": [0.25] * 3, "input_size": 64, "clip_frames": 16, "frame_stride": 2}
+    bb = {"name": "r3d", "checkpoint_sha256": sha, "feature_dim": dim, "preprocessing": pre}
+    if seed is not None:
+        bb["init_seed"] = seed
+    sampling = {"mode": mode, "clip_frames": frames, "frame_stride": 2, "input_size": 64}
+    return {"backbone": bb, "sampling": sampling, "feature_dim": dim}
+
+
+def test_one_compatibility_rule_for_weights_clips_and_dims():
+    from vcache.store import check_compatible
+
+    rand = _attrs(sha=None, seed=0)
+    assert check_compatible(rand, _attrs(sha=None, seed=0, mode="train")) == []  # mode may differ
+    with pytest.raises(StoreError, match="init_seed 0 != 1"):  # two random initialisations
+        check_compatible(rand, _attrs(sha=None, seed=1))
+    with pytest.raises(StoreError, match="clip_frames 16 != 8"):  # the clip actually cut, not the model's
+        check_compatible(_attrs(), _attrs(frames=8))
+    with pytest.raises(StoreError, match="checkpoint_sha256"):
+        check_compatible(_attrs(), _attrs(sha="f" * 64))
+    allowed = check_compatible(_attrs(), _attrs(frames=8), allow_mismatch=True)
+    assert allowed == ["preprocessing.clip_frames 16 != 8"]
+    with pytest.raises(StoreError, match="feature_dim"):  # never overridable
+        check_compatible(_attrs(), _attrs(dim=32), allow_mismatch=True)
+
+
+def test_a_train_mode_test_store_is_warned_about(stores):
+    ssl, train = load_cache(stores["ssl"]), load_cache(stores["train"])
+    res = run_knn(train, ssl, ProbeSettings(device="cpu"))
+    assert any("test store is a train-mode store" in w for w in res.provenance["warnings"])
+    assert (
+        run_knn(train, load_cache(stores["test"]), ProbeSettings(device="cpu")).provenance["warnings"] == []
+    )

@@ -13,10 +13,15 @@ import numpy as np
 from vcache.store import Cache, StoreError, check_compatible, load_cache
 
 
-def load_pair(train_path: str | Path, test_path: str | Path) -> tuple[Cache, Cache]:
-    """Load a train and a test store, refusing features of different backbones or preprocessing."""
+def load_pair(
+    train_path: str | Path, test_path: str | Path, allow_mismatch: bool = False
+) -> tuple[Cache, Cache]:
+    """Load a train and a test store, refusing features of different backbones, weights, preprocessing or
+    clips (vcache.store.check_compatible; `allow_mismatch` overrides all but the feature dim)."""
     train, test = load_cache(train_path), load_cache(test_path)
-    check_compatible(train.attrs, test.attrs, f"train store {train_path}", f"test store {test_path}")
+    check_compatible(
+        train.attrs, test.attrs, f"train store {train_path}", f"test store {test_path}", allow_mismatch
+    )
     if train.class_names and test.class_names and train.class_names != test.class_names:
         raise StoreError("train and test stores have different class_names")
     return train, test
@@ -99,3 +104,15 @@ def run_name(name: str, settings: dict[str, Any], provenance: dict[str, Any]) ->
     keep = {k: v for k, v in settings.items() if k != "device"}
     key = json.dumps([keep, provenance], sort_keys=True, default=str)
     return f"{name}-s{settings.get('seed', 0)}-{hashlib.sha1(key.encode()).hexdigest()[:8]}"
+
+
+def protocol_warnings(train: Cache, test: Cache) -> list[str]:
+    """Warnings about stores used against the protocol (they do not stop the probe)."""
+    out = []
+    if ((test.attrs.get("sampling") or {}).get("mode")) == "train":
+        out.append(
+            "the test store is a train-mode store (random augmented crops); the protocol tests on eval crops"
+        )
+    if ((train.attrs.get("sampling") or {}).get("mode")) == "pairs":
+        out.append("the train store is a pairs-mode store (STiCA's training crops), not eval crops")
+    return out

@@ -48,6 +48,7 @@ from vcache.learn.probe_data import (  # noqa: F401  (load_pair: part of this mo
     load_pair,
     low_shot_indices,
     num_classes,
+    protocol_warnings,
     run_name,
     train_val_split,
 )
@@ -90,6 +91,7 @@ class ProbeSettings:
     # an eval-mode one; 0: always all clips.
     views: int | None = None
     allow_overlap: bool = False
+    allow_mismatch: bool = False  # stores or aggregator of other weights / clips (never another feature dim)
 
     def __post_init__(self) -> None:
         if self.low_shot is not None and not 0 < self.low_shot <= 1:
@@ -160,7 +162,7 @@ def run_probe(
     if aggregator is not None and kind == "mlp":
         raise ValueError("--aggregator works with linear (SCALE_linear), transformer (SCALE_ft) and knn")
     t_start = time.perf_counter()
-    check_compatible(train.attrs, test.attrs, "train store", "test store")
+    mismatch = check_compatible(train.attrs, test.attrs, "train store", "test store", s.allow_mismatch)
     dev = resolve_device(s.device)
     n_cls = num_classes(train, test)
     views = s.train_views(train)
@@ -169,7 +171,9 @@ def run_probe(
     tr_f, tr_b, te_f, te_b = train.features, train.boxes, test.features, test.boxes
     if aggregator is not None:
         _, agg_meta = load_aggregator(aggregator)
-        check_compatible(agg_meta["provenance"], train.attrs, "the aggregator's store", "the train store")
+        mismatch += check_compatible(
+            agg_meta["provenance"], train.attrs, "the aggregator's store", "the train store", s.allow_mismatch
+        )
         name = "scale_linear" if kind == "linear" else "scale_ft"
     overlap = check_overlap(train, test, agg_meta, s.allow_overlap)
     precomputed = name == "scale_linear" and views is None
@@ -236,7 +240,7 @@ def run_probe(
         "seconds": sel_seconds,
     }
     prov = _provenance(train, test, train_path, test_path, agg_meta, aggregator)
-    prov["overlap"] = overlap
+    prov["overlap"], prov["mismatch"], prov["warnings"] = overlap, mismatch, protocol_warnings(train, test)
     return ProbeResult(
         name=name,
         metrics=metrics,
@@ -287,11 +291,13 @@ def run_knn(
     """k-NN (or SCALE_k-NN with an aggregator) and, with settings.retrieval, Recall@1/5/20."""
     s = settings or ProbeSettings()
     t_start = time.perf_counter()
-    check_compatible(train.attrs, test.attrs, "train store", "test store")
+    mismatch = check_compatible(train.attrs, test.attrs, "train store", "test store", s.allow_mismatch)
     tr_f, te_f, agg_meta, name = train.features, test.features, None, "knn"
     if aggregator is not None:
         agg_model, agg_meta = load_aggregator(aggregator)
-        check_compatible(agg_meta["provenance"], train.attrs, "the aggregator's store", "the train store")
+        mismatch += check_compatible(
+            agg_meta["provenance"], train.attrs, "the aggregator's store", "the train store", s.allow_mismatch
+        )
         name = "scale_knn"
     overlap = check_overlap(train, test, agg_meta, s.allow_overlap)
     if aggregator is not None:
@@ -315,7 +321,7 @@ def run_knn(
         rv_tr, rv_te = center_normalize(video_vectors(tr_f[idx], s.pool), video_vectors(te_f[q], s.pool))
         metrics.update(retrieval_recall(rv_tr, train.labels[idx], rv_te, test.labels[q], use_gpu=use_gpu))
     prov = _provenance(train, test, train_path, test_path, agg_meta, aggregator)
-    prov["overlap"] = overlap
+    prov["overlap"], prov["mismatch"], prov["warnings"] = overlap, mismatch, protocol_warnings(train, test)
     return ProbeResult(
         name=name,
         metrics=metrics,

@@ -22,24 +22,54 @@ def store_provenance(attrs: dict[str, Any], path: str | Path | None = None) -> d
     }
 
 
+# What every stage-2 command compares between two stores (or a store and a checkpoint's record of its store).
+# Weights: name, checkpoint hash and, for random weights, the init seed; preprocessing: mean, std, pooling;
+# the clip as sampled: frames, stride, input size. The sampling mode and crop count may differ (a SCALE
+# aggregator trains on train-mode crops and is probed on eval crops).
+_SAMPLED = ("clip_frames", "frame_stride", "input_size")
+# Differences --allow-mismatch cannot override: the features would not even have the same width.
+_NEVER = ("feature_dim",)
+
+
 def backbone_key(attrs: dict[str, Any]) -> dict[str, Any]:
     bb = attrs.get("backbone") or {}
+    pre = dict(bb.get("preprocessing") or {})
+    sampling = attrs.get("sampling") or {}
+    for k in _SAMPLED:  # the clip actually cut (the sampling) wins over the model's default
+        if sampling.get(k) is not None:
+            pre[k] = sampling[k]
     return {
         "name": bb.get("name"),
         "checkpoint_sha256": bb.get("checkpoint_sha256"),
-        "preprocessing": bb.get("preprocessing"),
+        "init_seed": None if bb.get("checkpoint_sha256") else bb.get("init_seed"),
         "feature_dim": attrs.get("feature_dim", bb.get("feature_dim")),
+        **{f"preprocessing.{k}": v for k, v in sorted(pre.items())},
     }
 
 
-def check_compatible(
-    a: dict[str, Any], b: dict[str, Any], a_name: str = "first", b_name: str = "second"
-) -> None:
-    """Raise StoreError unless two stores (or a store and a checkpoint's provenance) share backbone name,
-    checkpoint hash, preprocessing and feature dim: features of different backbones must never be mixed."""
+def differences(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
+    """`key a != b` for every compared field that differs between two stores' attributes."""
     ka, kb = backbone_key(a), backbone_key(b)
-    for key in ka:
-        if ka[key] != kb[key]:
-            raise StoreError(
-                f"{a_name} and {b_name} were made with different backbones: {key} {ka[key]!r} != {kb[key]!r}"
-            )
+    keys = sorted(set(ka) | set(kb))
+    return [f"{k} {ka.get(k)!r} != {kb.get(k)!r}" for k in keys if ka.get(k) != kb.get(k)]
+
+
+def check_compatible(
+    a: dict[str, Any],
+    b: dict[str, Any],
+    a_name: str = "first",
+    b_name: str = "second",
+    allow_mismatch: bool = False,
+) -> list[str]:
+    """Raise StoreError unless two stores (or a store and a checkpoint's provenance) share the backbone's
+    weights (name, checkpoint hash or init seed), its preprocessing and the clip as sampled (frames, stride,
+    input size): features of different backbones or clips must never be mixed. `allow_mismatch` turns the
+    refusal into a returned list, except for a different feature dim. Returns the differences."""
+    diff = differences(a, b)
+    hard = [d for d in diff if d.split(" ")[0] in _NEVER]
+    if diff and (hard or not allow_mismatch):
+        shown = hard or diff
+        more = f" (and {len(diff) - 1} more)" if len(shown) > 1 else ""
+        hint = "" if hard else "; --allow-mismatch overrides"
+        raise StoreError(f"{a_name} and {b_name} were made with different backbones: {shown[0]}{more}{hint}")
+    return diff
