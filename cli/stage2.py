@@ -224,6 +224,7 @@ def _classifier(
         raise typer.BadParameter(f"--low-shot {low_shot}: a fraction in (0, 1]")
     from vcache.learn.probes import ProbeSettings, run_probe
 
+    confusion = extra.pop("confusion", False)
     try:
         settings = ProbeSettings(
             bn=bn,
@@ -237,10 +238,12 @@ def _classifier(
         )
     except ValueError as e:
         raise typer.BadParameter(str(e)) from None
-    _run(train_store, test_store, out, aggregator, partial(run_probe, kind), settings)
+    _run(train_store, test_store, out, aggregator, partial(run_probe, kind), settings, confusion)
 
 
-def _run(train_store: Path, test_store: Path, out: Path, aggregator: Path | None, runner, settings) -> None:
+def _run(
+    train_store: Path, test_store: Path, out: Path, aggregator: Path | None, runner, settings, confusion: bool
+) -> None:
     """Load the two stores (refusing incompatible ones), run the probe, show and write its results."""
     from vcache.learn.probes import load_pair, write_results
     from vcache.store import StoreError
@@ -252,12 +255,29 @@ def _run(train_store: Path, test_store: Path, out: Path, aggregator: Path | None
         result = runner(train, test, settings, aggregator, train_store, test_store)
     except (StoreError, ValueError) as e:
         fail(str(e))
-    _show(result, write_results(result, out))
+    paths = write_results(result, out)
+    _show(result, paths)
+    if confusion:
+        from vcache.learn.report import confusion_figure
+
+        try:
+            png = confusion_figure(
+                result.predictions, train.class_names, paths[0].with_suffix(".confusion.png")
+            )
+        except ValueError as e:
+            fail(str(e))
+        console.print(f"confusion matrix: {png}")
 
 
 OVERLAP_HELP = (
     "Allow test videos that are also train videos or that the aggregator was trained on [default: refused]."
 )
+OUT_HELP = "Folder for <run>.json and <run>_predictions.csv; <run> = <probe>-s<seed>-<hash of the options>."
+BN_HELP = "BatchNorm without affine parameters before the head (SCALE: for VideoMAE features) [default: off]."
+LOW_SHOT_HELP = "Train on a class-balanced fraction in (0, 1] (SCALE Table 7: 0.1) [default: all]."
+TRAIN_HELP = "Store of the train split (eval mode; a train-mode store trains on 8 random views a step)."
+TEST_HELP = "Eval-mode store of the test split."
+CONFUSION_HELP = "Also draw the confusion matrix as <run>.confusion.png beside the results [default: off]."
 MISMATCH_HELP = (
     "Allow stores (or an aggregator) made with other weights, preprocessing or clip length; the differences "
     "are kept in the result [default: refused]. A different feature dim is always refused."
@@ -274,14 +294,12 @@ EPOCHS_HELP = "Most epochs tried; the best count (checked at 10 points) is chose
 
 @probe_app.command("linear")
 def linear_cmd(
-    train_store: Path = typer.Argument(..., help="Store of the train split (eval mode by default)."),
-    test_store: Path = typer.Argument(..., help="Eval-mode store of the test split."),
-    out: Path = typer.Option(..., "--out", "-o", help="Folder for <probe>.json and <probe>_predictions.csv."),
+    train_store: Path = typer.Argument(..., help=TRAIN_HELP),
+    test_store: Path = typer.Argument(..., help=TEST_HELP),
+    out: Path = typer.Option(..., "--out", "-o", help=OUT_HELP),
     aggregator: Path | None = typer.Option(None, help=AGG_HELP),
-    bn: bool = typer.Option(False, "--bn", help="BatchNorm without affine parameters before the head."),
-    low_shot: float | None = typer.Option(
-        None, help="Train on a class-balanced fraction (SCALE Table 7: 0.1)."
-    ),
+    bn: bool = typer.Option(False, "--bn", help=BN_HELP),
+    low_shot: float | None = typer.Option(None, help=LOW_SHOT_HELP),
     lr: str | None = typer.Option(None, help=LR_HELP),
     wd: str | None = typer.Option(None, help=WD_HELP),
     epochs: int | None = typer.Option(None, help=EPOCHS_HELP),
@@ -289,24 +307,25 @@ def linear_cmd(
     views: int | None = typer.Option(None, help=VIEWS_HELP),
     allow_overlap: bool = typer.Option(False, "--allow-overlap", help=OVERLAP_HELP),
     allow_mismatch: bool = typer.Option(False, "--allow-mismatch", help=MISMATCH_HELP),
+    confusion: bool = typer.Option(False, "--confusion", help=CONFUSION_HELP),
     device: str = typer.Option("auto", help=options.DEVICE_HELP),
 ) -> None:
     """Per-clip linear softmax classifier, softmax averaged over a video's clips (SCALE's Linear)."""
     _classifier(
         "linear", train_store, test_store, out, aggregator, bn, low_shot, lr, wd, epochs, seed, device,
         {"views": views, "allow_overlap": allow_overlap,
-        "allow_mismatch": allow_mismatch},
+        "allow_mismatch": allow_mismatch, "confusion": confusion},
     )  # fmt: skip
 
 
 @probe_app.command("mlp")
 def mlp_cmd(
-    train_store: Path = typer.Argument(...),
-    test_store: Path = typer.Argument(...),
-    out: Path = typer.Option(..., "--out", "-o"),
+    train_store: Path = typer.Argument(..., help=TRAIN_HELP),
+    test_store: Path = typer.Argument(..., help=TEST_HELP),
+    out: Path = typer.Option(..., "--out", "-o", help=OUT_HELP),
     hidden: int = typer.Option(512, help="Hidden width of the MLP."),
-    bn: bool = typer.Option(False, "--bn"),
-    low_shot: float | None = typer.Option(None),
+    bn: bool = typer.Option(False, "--bn", help=BN_HELP),
+    low_shot: float | None = typer.Option(None, help=LOW_SHOT_HELP),
     lr: str | None = typer.Option(None, help=LR_HELP),
     wd: str | None = typer.Option(None, help=WD_HELP),
     epochs: int | None = typer.Option(None, help=EPOCHS_HELP),
@@ -314,6 +333,7 @@ def mlp_cmd(
     views: int | None = typer.Option(None, help=VIEWS_HELP),
     allow_overlap: bool = typer.Option(False, "--allow-overlap", help=OVERLAP_HELP),
     allow_mismatch: bool = typer.Option(False, "--allow-mismatch", help=MISMATCH_HELP),
+    confusion: bool = typer.Option(False, "--confusion", help=CONFUSION_HELP),
     device: str = typer.Option("auto", help=options.DEVICE_HELP),
 ) -> None:
     """An MLP on each clip's feature, softmax averaged over a video's clips (SCALE's MLP baseline)."""
@@ -330,15 +350,21 @@ def mlp_cmd(
         epochs,
         seed,
         device,
-        {"hidden": hidden, "views": views, "allow_overlap": allow_overlap, "allow_mismatch": allow_mismatch},
+        {
+            "hidden": hidden,
+            "views": views,
+            "allow_overlap": allow_overlap,
+            "allow_mismatch": allow_mismatch,
+            "confusion": confusion,
+        },
     )
 
 
 @probe_app.command("transformer")
 def transformer_cmd(
-    train_store: Path = typer.Argument(...),
-    test_store: Path = typer.Argument(...),
-    out: Path = typer.Option(..., "--out", "-o"),
+    train_store: Path = typer.Argument(..., help=TRAIN_HELP),
+    test_store: Path = typer.Argument(..., help=TEST_HELP),
+    out: Path = typer.Option(..., "--out", "-o", help=OUT_HELP),
     aggregator: Path | None = typer.Option(None, help=AGG_HELP),
     width: int = typer.Option(
         256, help="Width of the randomly initialised transformer (ignored with a ckpt)."
@@ -346,8 +372,8 @@ def transformer_cmd(
     depth: int = typer.Option(
         2, help="Layers of the randomly initialised transformer (ignored with a ckpt)."
     ),
-    bn: bool = typer.Option(False, "--bn"),
-    low_shot: float | None = typer.Option(None),
+    bn: bool = typer.Option(False, "--bn", help=BN_HELP),
+    low_shot: float | None = typer.Option(None, help=LOW_SHOT_HELP),
     lr: str | None = typer.Option(None, help=LR_HELP),
     wd: str | None = typer.Option(None, help=WD_HELP),
     epochs: int | None = typer.Option(None, help=EPOCHS_HELP),
@@ -355,6 +381,7 @@ def transformer_cmd(
     views: int | None = typer.Option(None, help=VIEWS_HELP),
     allow_overlap: bool = typer.Option(False, "--allow-overlap", help=OVERLAP_HELP),
     allow_mismatch: bool = typer.Option(False, "--allow-mismatch", help=MISMATCH_HELP),
+    confusion: bool = typer.Option(False, "--confusion", help=CONFUSION_HELP),
     device: str = typer.Option("auto", help=options.DEVICE_HELP),
 ) -> None:
     """The SCALE architecture over all of a video's clips, trained supervised (random init, or SCALE_ft)."""
@@ -364,6 +391,7 @@ def transformer_cmd(
         "views": views,
         "allow_overlap": allow_overlap,
         "allow_mismatch": allow_mismatch,
+        "confusion": confusion,
     }
     _classifier(
         "transformer",
@@ -386,7 +414,7 @@ def transformer_cmd(
 def knn_cmd(
     train_store: Path = typer.Argument(..., help="Store of the train split: the neighbours (eval mode)."),
     test_store: Path = typer.Argument(..., help="Eval-mode store of the test split: the queries."),
-    out: Path = typer.Option(..., "--out", "-o", help="Folder for knn.json and knn_predictions.csv."),
+    out: Path = typer.Option(..., "--out", "-o", help=OUT_HELP),
     aggregator: Path | None = typer.Option(None, help=AGG_HELP),
     k: int = typer.Option(20, "--k", help="Neighbours (DINO / SCALE: 20)."),
     temperature: float = typer.Option(0.07, help="Vote temperature (DINO: 0.07)."),
@@ -402,6 +430,7 @@ def knn_cmd(
     seed: int = typer.Option(0, help="Seed of the low-shot draw."),
     allow_overlap: bool = typer.Option(False, "--allow-overlap", help=OVERLAP_HELP),
     allow_mismatch: bool = typer.Option(False, "--allow-mismatch", help=MISMATCH_HELP),
+    confusion: bool = typer.Option(False, "--confusion", help=CONFUSION_HELP),
     device: str = typer.Option("auto", help=options.DEVICE_HELP),
 ) -> None:
     """DINO-style weighted k-NN on video vectors (mean of clips, minus train mean, L2-normalised)."""
@@ -423,4 +452,4 @@ def knn_cmd(
         allow_mismatch=allow_mismatch,
         device=device,
     )
-    _run(train_store, test_store, out, aggregator, run_knn, s)
+    _run(train_store, test_store, out, aggregator, run_knn, s, confusion)

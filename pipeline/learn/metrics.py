@@ -49,15 +49,40 @@ def prediction_rows(cache: Cache, probs: np.ndarray) -> list[dict[str, Any]]:
     return rows
 
 
-def score(probs: np.ndarray, test: Cache, train: Cache) -> tuple[dict[str, float], dict[str, Any]]:
-    """Top-1 / top-5 over the labelled test videos (label -1, unknown, is predicted but not scored)."""
+def per_class_accuracy(probs: np.ndarray, labels: np.ndarray, class_names: list[str]) -> dict[str, dict]:
+    """Top-1 and count per class present among `labels` (keys: class names, or indices without names)."""
+    pred = probs.argmax(1)
+    out = {}
+    for c in np.unique(labels):
+        sel = labels == c
+        key = class_names[c] if c < len(class_names) else str(int(c))
+        out[key] = {"top1": float((pred[sel] == c).mean()), "n": int(sel.sum())}
+    return out
+
+
+def confusion(probs: np.ndarray, labels: np.ndarray, n_classes: int) -> np.ndarray:
+    """(true class, predicted class) counts over the labelled videos."""
+    m = np.zeros((n_classes, n_classes), dtype=np.int64)
+    np.add.at(m, (labels, probs.argmax(1)), 1)
+    return m
+
+
+def score(
+    probs: np.ndarray, test: Cache, train: Cache
+) -> tuple[dict[str, float], dict[str, Any], dict[str, Any]]:
+    """Top-1 / top-5 / mean-class top-1 over the labelled test videos (label -1, unknown, is predicted but not
+    scored); returns (metrics, per family, per class)."""
     keep = test.labels >= 0
     p, y = probs[keep], test.labels[keep]
     metrics: dict[str, Any] = {"n_test": int(keep.sum()), "n_unlabelled_test": int((~keep).sum())}
+    per_class: dict[str, Any] = {}
     if keep.any():
+        names = test.class_names or train.class_names
+        per_class = per_class_accuracy(p, y, names)
         top = {"top1": topk_accuracy(p, y, 1)}
+        top["mean_class_top1"] = float(np.mean([v["top1"] for v in per_class.values()]))
         if probs.shape[1] > 5:  # with 5 classes or fewer top-5 is 1 by construction: not reported
             top["top5"] = topk_accuracy(p, y, 5)
         metrics = {**top, **metrics}
     families = test.attrs.get("class_families") or train.attrs.get("class_families")
-    return metrics, family_accuracy(p, y, test.class_names or train.class_names, families)
+    return metrics, family_accuracy(p, y, test.class_names or train.class_names, families), per_class

@@ -116,6 +116,7 @@ class ProbeResult:
     provenance: dict[str, Any]
     seed: int
     seconds: float
+    per_class: dict[str, dict[str, float]] = field(default_factory=dict)
     predictions: list[dict[str, Any]] = field(default_factory=list)
 
     @property
@@ -227,7 +228,7 @@ def run_probe(
     )  # fmt: skip
     fte, bte = tensors(te_f, te_b, np.arange(len(test.labels)))
     probs = predict_proba(model, fte, bte)
-    metrics, per_family = score(probs, test, train)
+    metrics, per_family, per_class = score(probs, test, train)
     metrics["n_unlabelled_train"] = int(len(train.labels) - len(labelled(train.labels)))
     selection = {
         "grid": {"lr": list(lrs), "wd": list(wds), "epochs": list(eval_at)},
@@ -245,6 +246,7 @@ def run_probe(
         name=name,
         metrics=metrics,
         per_family=per_family,
+        per_class=per_class,
         settings={**asdict(s), "probe": kind},
         selection=selection,
         provenance=prov,
@@ -314,7 +316,7 @@ def run_knn(
     n_cls = num_classes(train, test)
     scores, _, _ = knn_classify(tr_v, train.labels[idx], te_v, n_cls, s.k, s.temperature, use_gpu)
     probs = scores / np.maximum(scores.sum(1, keepdims=True), 1e-300)
-    metrics, per_family = score(probs, test, train)
+    metrics, per_family, per_class = score(probs, test, train)
     metrics["n_unlabelled_train"] = int(len(train.labels) - len(labelled(train.labels)))
     if s.retrieval:
         q = labelled(test.labels)  # a query without a label can be neither hit nor missed
@@ -326,6 +328,7 @@ def run_knn(
         name=name,
         metrics=metrics,
         per_family=per_family,
+        per_class=per_class,
         settings={**asdict(s), "probe": "knn"},
         selection={"note": "k-NN has no trained parameters; k and T are fixed (DINO / SCALE: 20, 0.07)"},
         provenance=prov,

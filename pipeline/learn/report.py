@@ -76,3 +76,36 @@ def bar_figure(rows: list[dict[str, Any]], path: str | Path, metric: str = "top1
     fig.savefig(out, dpi=110)
     plt.close(fig)
     return out
+
+
+def confusion_figure(predictions: list[dict[str, Any]], class_names: list[str], path: str | Path) -> Path:
+    """The confusion matrix (rows: true class, columns: predicted; each row normalised to 1) of a probe's
+    predictions over its labelled test videos, as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    rows = [(int(r["label"]), int(r["pred"])) for r in predictions if int(r["label"]) >= 0]
+    if not rows:
+        raise ValueError("no labelled test video to draw a confusion matrix of")
+    n = max(len(class_names), 1 + max(max(a, b) for a, b in rows))
+    m = np.zeros((n, n))
+    for a, b in rows:
+        m[a, b] += 1
+    m = m / np.maximum(m.sum(1, keepdims=True), 1)
+    side = min(12.0, 2.0 + 0.3 * n)
+    fig, ax = plt.subplots(figsize=(side, side))
+    ax.imshow(m, cmap="Blues", vmin=0, vmax=1)
+    names = class_names if len(class_names) == n else [str(i) for i in range(n)]
+    if n <= 40:
+        ax.set_xticks(range(n), names, rotation=90, fontsize=7)
+        ax.set_yticks(range(n), names, fontsize=7)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    fig.tight_layout()
+    out = Path(path)
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return out
