@@ -33,7 +33,7 @@ from vcache.extract.options import (
 from vcache.extract.output import ShardBuffer, clean_leftovers, open_or_create, store_attrs
 from vcache.extract.workers import DecodePool, DecodeResult, DecodeTask
 from vcache.models import VideoBackbone
-from vcache.runtime.devices import resolve_device
+from vcache.runtime.devices import resolve_device, use_device
 from vcache.store import (
     DONE,
     FAILED,
@@ -97,6 +97,7 @@ def extract(
             raise ValueError("--overwrite cannot be combined with --part: parts run independently")
         rank, world = opts.part
     device = resolve_device(opts.device)
+    use_device(device)  # CUDA: this rank's GPU is the current one (caches, streams, AMP)
     backbone = backbone.to(device).eval()
     map_shape = backbone.map_shape(settings.clip_frames, settings.input_size) if opts.feature_maps else None
     attrs = store_attrs(backbone, settings, manifest, opts, map_shape)

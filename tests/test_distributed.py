@@ -1,0 +1,83 @@
+"""Distributed runs on the CPU with real torchrun jobs (gloo, 2 processes): collectives and their device,
+the LOCAL_RANK -> GPU rule, CVRL with a VideoResNet backbone, rank 0 deciding a resume, commands that
+refuse torchrun."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from vcache.runtime.devices import pick_device
+
+TORCHRUN = str(Path(sys.executable).parent / "torchrun")
+WORKER = str(Path(__file__).with_name("dist_worker.py"))
+
+
+def torchrun(mode: str, out: Path, args: dict | None = None, timeout: float = 240) -> list[dict]:
+    """Run tests/dist_worker.py MODE in 2 gloo processes; return each rank's result."""
+    cmd = [TORCHRUN, "--standalone", "--nproc-per-node", "2", WORKER, mode, str(out), json.dumps(args or {})]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout)
+    assert r.returncode == 0, r.stderr[-4000:]
+    return [json.loads((out / f"rank{i}.json").read_text()) for i in range(2)]
+
+
+def test_collectives_under_gloo(tmp_path: Path) -> None:
+    a, b = torchrun("collectives", tmp_path)
+    for r in (a, b):
+        assert r["device"] == "cpu"  # gloo: host tensors (NCCL: the rank's GPU, same code path)
+        assert r["mean"] == 1.5
+        assert r["broadcast"] == {"from": 0, "run_id": "id-0"}
+        assert r["same_spread"] == 0.0
+        assert r["diverged_error"] and "replicas differ" in r["diverged_error"]
+
+
+@pytest.mark.parametrize(
+    "requested, n_gpus, local_rank, local_world, want",
+    [
+        ("auto", 0, None, None, "cpu"),
+        ("auto", 2, None, None, "cuda:0"),
+        ("cpu", 4, 3, 4, "cpu"),
+        ("cuda", 8, 5, 8, "cuda:5"),  # torchrun on 8 GPUs: GPU LOCAL_RANK
+        ("auto", 8, 5, 8, "cuda:5"),
+        ("cuda", 1, 3, 4, "cuda:0"),  # one visible GPU per rank (SLURM --gpus-per-task=1)
+        ("auto", 1, 1, 2, "cuda:0"),  # 2 ranks sharing one GPU
+        ("cuda", 2, 3, 4, "cuda:1"),  # more ranks than GPUs: shared round robin
+        ("cuda:1", 2, None, None, "cuda:1"),  # one process: the GPU asked for
+        ("cuda:1", 4, 0, 1, "cuda:1"),  # torchrun with one rank per node
+        ("cuda:0", 1, 1, 2, "cuda:0"),  # one visible GPU per rank: cuda:0 is each rank's own
+    ],
+)
+def test_one_local_rank_to_gpu_rule(requested, n_gpus, local_rank, local_world, want) -> None:
+    assert pick_device(requested, n_gpus, local_rank, local_world) == want
+
+
+@pytest.mark.parametrize(
+    "requested, n_gpus, local_rank, local_world, message",
+    [
+        ("cuda", 0, None, None, "no CUDA device"),
+        ("cuda:0", 0, 0, 2, "no CUDA device"),
+        ("cuda:3", 2, None, None, "sees 2 GPU"),
+        ("cuda:1", 4, 1, 4, "all 4 ranks of this node on one GPU"),
+        ("cuda:x", 2, None, None, "expected auto, cpu, cuda or cuda:N"),
+    ],
+)
+def test_device_rule_refusals(requested, n_gpus, local_rank, local_world, message) -> None:
+    with pytest.raises(ValueError, match=message):
+        pick_device(requested, n_gpus, local_rank, local_world)
+
+
+def test_init_distributed_takes_the_device_of_the_rule(monkeypatch) -> None:
+    """init_distributed and resolve_device are one rule: no separate LOCAL_RANK use in init_distributed."""
+    from vcache.runtime import distributed
+
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    assert distributed.init_distributed("cpu").device.type == "cpu"
+    with pytest.raises(ValueError, match="no CUDA device"):
+        distributed.init_distributed("cuda")
