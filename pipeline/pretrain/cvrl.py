@@ -175,7 +175,8 @@ def build_model(cfg: CVRLConfig) -> CVRLModel:
     )
     dim = backbone.feature_dim
     return CVRLModel(
-        backbone.train(), ProjectionHead(dim, cfg.head_hidden or dim, cfg.head_out, cfg.head_layers)
+        backbone.drop_unused().train(),  # e.g. VideoResNet's fc: DDP needs a gradient for every parameter
+        ProjectionHead(dim, cfg.head_hidden or dim, cfg.head_out, cfg.head_layers),
     )
 
 

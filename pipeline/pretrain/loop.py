@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from vcache.runtime.distributed import DistContext
+from vcache.runtime.distributed import DistContext, check_replicas
 
 
 def cosine_schedule(
@@ -128,6 +128,8 @@ def finish_run(
         "final_loss": losses[-1] if losses else None,
         "first_loss": losses[0] if losses else None,
         "clips_per_s": clips_per_s,
+        # every rank must hold the same weights; a DDP that reduced no gradient fails here, loudly
+        "replica_spread": check_replicas(backbone),
     }
     if ctx.is_main:
         save_state(state_path(out), final_state)
