@@ -123,3 +123,44 @@ def test_every_parameter_of_a_training_backbone_gets_a_gradient() -> None:
         pooled.sum().backward()
         unused = [n for n, p in model.named_parameters() if p.grad is None]
         assert not unused, (name, unused[:4])
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["pretrain", "stica", "v", "--out", "x.pt"],
+        ["train-aggregator", "scale", "s.zarr", "--out", "x.pt"],
+        ["train-aggregator", "stica", "s.zarr", "--out", "x.pt"],
+        ["probe", "knn", "a.zarr", "b.zarr"],
+        ["probe", "linear", "a.zarr", "b.zarr"],
+        ["synth", "out"],
+        ["reproduce-tables"],
+    ],
+)
+def test_one_process_commands_refuse_torchrun(command: list[str], tmp_path: Path) -> None:
+    """WORLD_SIZE > 1 (as torchrun sets it): one line on rank 0, nothing on the others, exit 2, and the
+    command does nothing (no output written)."""
+    vc = [sys.executable, "-m", "vcache.cli", *command]
+    for rank in ("0", "1"):
+        env = {**os.environ, "WORLD_SIZE": "2", "RANK": rank}
+        r = subprocess.run(vc, capture_output=True, text=True, env=env, cwd=tmp_path)
+        assert r.returncode == 2, (command, r.stderr)
+        lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+        if rank == "0":
+            assert len(lines) == 1 and "cannot use torchrun (WORLD_SIZE=2)" in lines[0], r.stderr
+        else:
+            assert lines == [], r.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_multi_process_commands_pass_the_torchrun_gate(tmp_path: Path) -> None:
+    env = {**os.environ, "WORLD_SIZE": "2", "RANK": "0"}
+    for command in (["extract", "missing", "--out", "s.zarr"], ["pretrain", "cvrl", "missing", "--out", "x"]):
+        r = subprocess.run(
+            [sys.executable, "-m", "vcache.cli", *command],
+            capture_output=True,
+            text=True,
+            env=env,
+            cwd=tmp_path,
+        )
+        assert "cannot use torchrun" not in r.stderr and "video folder not found" in r.stderr, r.stderr
