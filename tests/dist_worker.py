@@ -61,7 +61,7 @@ def cvrl(ctx, args: dict) -> dict:
 def main() -> None:
     mode, out_dir = sys.argv[1], Path(sys.argv[2])
     args = json.loads(sys.argv[3]) if len(sys.argv) > 3 else {}
-    ctx = init_distributed("cpu")
+    ctx = init_distributed("cpu", timeout_s=60)  # a rank left waiting fails the test in a minute
     try:
         result = collectives(ctx) if mode == "collectives" else cvrl(ctx, args)
     finally:

@@ -164,3 +164,24 @@ def test_multi_process_commands_pass_the_torchrun_gate(tmp_path: Path) -> None:
             cwd=tmp_path,
         )
         assert "cannot use torchrun" not in r.stderr and "video folder not found" in r.stderr, r.stderr
+
+
+def test_rank_0_decides_the_resume_with_node_local_outputs(tiny_dataset: Path, tmp_path: Path) -> None:
+    """Each rank writes under its own folder (a node-local disk): only node0 holds the training state. A
+    resume to 2 steps must continue on both ranks from rank 0's state and equal an uninterrupted run."""
+    out = str(tmp_path / "node{rank}" / "cvrl.pt")
+    base = {"videos": str(tiny_dataset), "out": out}
+    torchrun("cvrl", tmp_path / "r1", {**base, "config": _cvrl_config(steps=1)})
+    assert (tmp_path / "node0" / "cvrl.pt.train").exists()
+    assert not (tmp_path / "node1" / "cvrl.pt.train").exists()
+    a, b = torchrun("cvrl", tmp_path / "r2", {**base, "config": _cvrl_config(steps=2), "resume": True})
+    assert a["replica_spread"] == b["replica_spread"] == 0.0
+    import torch
+
+    resumed = torch.load(tmp_path / "node0" / "cvrl.pt.train", weights_only=True)
+    ref_out = str(tmp_path / "ref{rank}" / "cvrl.pt")
+    torchrun("cvrl", tmp_path / "r3", {**base, "out": ref_out, "config": _cvrl_config(steps=2)})
+    ref = torch.load(tmp_path / "ref0" / "cvrl.pt.train", weights_only=True)
+    assert resumed["step"] == 2 and resumed["losses"] == ref["losses"]
+    for k, v in ref["model"].items():
+        assert torch.equal(resumed["model"][k], v), k
