@@ -339,3 +339,14 @@ def test_a_part_removes_only_leftovers_of_dead_runs(tiny_dataset, tmp_path):
     _run(*_extract_args(tiny_dataset, out, "--part", "0/2"))
     assert live_dir.exists() and fresh.exists()
     assert not dead_dir.exists() and not old.exists()
+
+
+def test_overwrite_checks_the_locks_before_deleting(tiny_dataset, tmp_path):
+    out = tmp_path / "s.zarr"
+    _run(*_extract_args(tiny_dataset, out, "--part", "0/2"))
+    (out / LOCK_DIR).mkdir()
+    rec = {"run_id": "other", "host": socket.gethostname(), "pid": os.getpid(), "share": [0, 1]}
+    (out / LOCK_DIR / "0-of-1.json").write_text(json.dumps({**rec, "heartbeat": time.time()}))
+    r = _run(*_extract_args(tiny_dataset, out, "--overwrite"), check=False)
+    assert r.returncode == 1 and "nothing was deleted" in r.stderr, r.stderr
+    assert (open_store(out).status() == DONE).all()
