@@ -185,3 +185,16 @@ def test_rank_0_decides_the_resume_with_node_local_outputs(tiny_dataset: Path, t
     assert resumed["step"] == 2 and resumed["losses"] == ref["losses"]
     for k, v in ref["model"].items():
         assert torch.equal(resumed["model"][k], v), k
+
+
+def test_faiss_without_gpu_support_falls_back_to_the_cpu() -> None:
+    import numpy as np
+
+    from vcache.learn.knn import search
+
+    rng = np.random.default_rng(0)
+    train, queries = rng.standard_normal((50, 8)), rng.standard_normal((5, 8))
+    with pytest.warns(UserWarning, match="no GPU support"):
+        sims, idx = search(train, queries, 3, use_gpu=True)
+    ref_sims, ref_idx = search(train, queries, 3, use_gpu=False)
+    assert np.array_equal(idx, ref_idx) and np.allclose(sims, ref_sims)
