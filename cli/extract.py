@@ -94,7 +94,10 @@ def extract_cmd(
     max_failed_fraction: float = typer.Option(
         0.1, help="Exit with code 4 when more than this fraction of the videos failed."
     ),
-    part: str | None = typer.Option(None, help="I/N: take a static share of the shards (SLURM arrays)."),
+    part: str | None = typer.Option(
+        None,
+        help="I/N: one of N independent runs (SLURM arrays); each claims pending shards, s % N == I first.",
+    ),
     force_unlock: bool = typer.Option(
         False,
         "--force-unlock",

@@ -49,7 +49,7 @@ def _run(
     from vcache.pretrain import get_method
     from vcache.pretrain.data import list_videos
     from vcache.pretrain.loop import state_path
-    from vcache.runtime.distributed import init_distributed
+    from vcache.runtime.distributed import broadcast_object, end_distributed, init_distributed
 
     mod = get_method(method)
     if preset not in mod.PRESETS:
@@ -60,11 +60,16 @@ def _run(
         paths = list_videos(videos, fmt, annotations, split=split, subset=subset)
     except (ManifestError, ValueError) as e:
         fail(str(e))
-    if state_path(out).exists() and not (resume or overwrite):
-        fail(f"{state_path(out)} exists: add --resume to continue that run or --overwrite to start again")
     config_cls = mod.SVTConfig if method == "svt" else mod.CVRLConfig
     cfg = config_cls(**{**mod.PRESETS[preset], **{k: v for k, v in overrides.items() if v is not None}})
-    ctx = init_distributed(cfg.device)
+    try:
+        ctx = init_distributed(cfg.device)
+    except ValueError as e:
+        fail(str(e), code=2)
+    # rank 0 decides: other nodes' disks may not hold the state that only rank 0 writes
+    if broadcast_object(state_path(out).exists()) and not (resume or overwrite):
+        end_distributed()
+        fail(f"{state_path(out)} exists: add --resume to continue that run or --overwrite to start again")
     if ctx.device.type == "cpu" and ctx.distributed:
         torch.set_num_threads(max(1, torch.get_num_threads() // ctx.world))
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -73,6 +78,8 @@ def _run(
         summary = train(paths, out, cfg, ctx, resume=resume, progress=not quiet)
     except (ValueError, FloatingPointError) as e:
         fail(str(e))
+    finally:
+        end_distributed()
     if ctx.is_main and not quiet:
         console.print(
             f"[bold green]{method}[/]: {summary['steps']} steps on {len(paths)} videos, loss "

@@ -3,6 +3,8 @@ module imports none of them, so that `vcache.cli.app` can import every command m
 
 from __future__ import annotations
 
+import os
+
 import typer
 
 app = typer.Typer(
@@ -31,3 +33,47 @@ probe_app = typer.Typer(
 )
 app.add_typer(train_app, name="train-aggregator")
 app.add_typer(probe_app, name="probe")
+
+
+# Commands that run under torchrun (one share of the work per rank); every other command is one process.
+_MULTI_PROCESS = {"extract", "pretrain cvrl", "pretrain svt"}
+_GROUPS = {"pretrain", "train-aggregator", "probe"}  # their own callbacks see the full command
+
+
+def _refuse_torchrun(command: str) -> None:
+    """One line, from rank 0 only, when a one-process command was started with WORLD_SIZE > 1: otherwise
+    torchrun would run N identical trainings that overwrite one output."""
+    world = int(os.environ.get("WORLD_SIZE", "1") or 1)
+    if world <= 1 or command in _MULTI_PROCESS or command in _GROUPS:
+        return
+    if int(os.environ.get("RANK", "0") or 0) == 0:
+        typer.echo(
+            f"error: `vcache {command}` runs in one process and cannot use torchrun (WORLD_SIZE={world}); "
+            "start it without torchrun (only extract, pretrain cvrl and pretrain svt use several processes)",
+            err=True,
+        )
+    raise typer.Exit(2)
+
+
+@app.callback()
+def _root(ctx: typer.Context) -> None:
+    if ctx.invoked_subcommand:
+        _refuse_torchrun(ctx.invoked_subcommand)
+
+
+@pretrain_app.callback()
+def _pretrain(ctx: typer.Context) -> None:
+    if ctx.invoked_subcommand:
+        _refuse_torchrun(f"pretrain {ctx.invoked_subcommand}")
+
+
+@train_app.callback()
+def _train(ctx: typer.Context) -> None:
+    if ctx.invoked_subcommand:
+        _refuse_torchrun(f"train-aggregator {ctx.invoked_subcommand}")
+
+
+@probe_app.callback()
+def _probe(ctx: typer.Context) -> None:
+    if ctx.invoked_subcommand:
+        _refuse_torchrun(f"probe {ctx.invoked_subcommand}")

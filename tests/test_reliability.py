@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -89,13 +91,13 @@ def test_torchrun_two_processes_equal_one(tiny_dataset, reference, tmp_path):
     assert verify(out, require_complete=True)[0] == []
 
 
-def test_static_parts_equal_one_run(tiny_dataset, reference, tmp_path):
+def test_parts_equal_one_run(tiny_dataset, reference, tmp_path):
     out = tmp_path / "parts.zarr"
-    _run(*_extract_args(tiny_dataset, out, "--part", "1/2"))
-    st = open_store(out)
-    status = st.status()
-    assert (status[1::2] == DONE).all() and (status[0::2] == PENDING).all()  # shard s -> part s % 2
-    _run(*_extract_args(tiny_dataset, out, "--part", "0/2"))
+    r = _run(*_extract_args(tiny_dataset, out, "--part", "1/2"))
+    assert (open_store(out).status() == DONE).all()  # a part alone also claims the shards of part 0
+    assert "this run 6 videos" in r.stderr
+    r = _run(*_extract_args(tiny_dataset, out, "--part", "0/2"))
+    assert "this run 0 videos" in r.stderr
     _assert_same_store(reference, out)
     r = _run(*_extract_args(tiny_dataset, out, "--part", "3/2"), check=False)
     assert r.returncode == 2 and "0 <= I < N" in r.stderr
@@ -273,3 +275,78 @@ def test_unwritable_output_path_is_a_clear_error(tiny_dataset, tmp_path):
     blocker.write_text("x")
     r = _run(*_extract_args(tiny_dataset, blocker / "s.zarr"), check=False)
     assert r.returncode == 1 and "cannot write the store" in r.stderr and "Traceback" not in r.stderr
+
+
+def _torchrun_extract(root: Path, out: Path, *extra: str) -> subprocess.CompletedProcess:
+    cmd = [TORCHRUN, "--standalone", "--nproc-per-node", "2", "-m", "vcache.cli", *_extract_args(root, out)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    r = subprocess.run([*cmd, *extra], capture_output=True, text=True, env=env, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return r
+
+
+def test_a_resume_spreads_one_ranks_leftovers_over_every_rank(tiny_dataset, reference, tmp_path):
+    """The old share of rank 1 (odd shards) is all that is left: with s % world both would go to rank 1
+    while rank 0 waits at the barrier; claimed dynamically, both ranks take some."""
+    out = tmp_path / "resume.zarr"
+    shutil.copytree(reference, out)
+    st = open_store(out, mode="r+")
+    status = st.status()
+    status[1::2] = PENDING  # shards of 1 video: videos 1, 3, 5 = rank 1's share of 2
+    st.group["videos/status"][:] = status
+    r = _torchrun_extract(tiny_dataset, out)
+    per_rank = sorted(int(x) for x in re.findall(r"this run (\d+) videos", r.stderr))
+    assert len(per_rank) == 2 and sum(per_rank) == 3 and per_rank[0] >= 1, r.stderr[-2000:]
+    _assert_same_store(reference, out)
+    assert verify(out, require_complete=True)[0] == []
+
+
+def test_two_parts_started_together(tiny_dataset, reference, tmp_path):
+    out = tmp_path / "together.zarr"
+    procs = [
+        subprocess.Popen(
+            [*VC, *_extract_args(tiny_dataset, out, "--part", p)], stderr=subprocess.PIPE, text=True
+        )
+        for p in ("0/2", "1/2")
+    ]
+    errs = [p.communicate(timeout=300)[1] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], errs
+    _assert_same_store(reference, out)
+    assert verify(out, require_complete=True)[0] == []
+    assert not list(tmp_path.glob(".together.zarr.creating-*"))
+
+
+def test_a_part_removes_only_leftovers_of_dead_runs(tiny_dataset, tmp_path):
+    """Another part (this test process, live lock) is creating and writing: its `.creating-*` folder and
+    fresh `*.partial` stay; a dead process's folder and an hour-old temporary are removed."""
+    out = tmp_path / "s.zarr"
+    _run(*_extract_args(tiny_dataset, out, "--part", "0/2"))
+    host = socket.gethostname()
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    live_dir = tmp_path / f".s.zarr.creating-aaaa-{os.getpid()}-{host}"
+    dead_dir = tmp_path / f".s.zarr.creating-bbbb-{dead.pid}-{host}"
+    for d in (live_dir, dead_dir):
+        d.mkdir()
+    fresh = out / "crops" / "features" / "x.1234.partial"
+    old = out / "crops" / "features" / "y.5678.partial"
+    for f in (fresh, old):
+        f.write_bytes(b"half")
+    os.utime(old, (time.time() - 3600, time.time() - 3600))
+    (out / LOCK_DIR).mkdir()
+    other = {"run_id": "other", "host": host, "pid": os.getpid(), "share": [1, 2], "heartbeat": time.time()}
+    (out / LOCK_DIR / "1-of-2.json").write_text(json.dumps(other))
+    _run(*_extract_args(tiny_dataset, out, "--part", "0/2"))
+    assert live_dir.exists() and fresh.exists()
+    assert not dead_dir.exists() and not old.exists()
+
+
+def test_overwrite_checks_the_locks_before_deleting(tiny_dataset, tmp_path):
+    out = tmp_path / "s.zarr"
+    _run(*_extract_args(tiny_dataset, out, "--part", "0/2"))
+    (out / LOCK_DIR).mkdir()
+    rec = {"run_id": "other", "host": socket.gethostname(), "pid": os.getpid(), "share": [0, 1]}
+    (out / LOCK_DIR / "0-of-1.json").write_text(json.dumps({**rec, "heartbeat": time.time()}))
+    r = _run(*_extract_args(tiny_dataset, out, "--overwrite"), check=False)
+    assert r.returncode == 1 and "nothing was deleted" in r.stderr, r.stderr
+    assert (open_store(out).status() == DONE).all()

@@ -4,9 +4,10 @@ Decoding runs in worker processes (vcache.extract.workers) while this process ru
 crops gathered across videos. Results are buffered per store shard and each shard is written whole, crops
 first and status last (vcache.store), so a killed run resumes where it stopped by rerunning the same command.
 
-Distributed: under torchrun (RANK / WORLD_SIZE set) or with `part=(i, n)`, a process takes the shards
-s with s % n == i; no two processes ever write one shard. Rank 0 (or the first part to arrive) creates the
-store; the others wait for it.
+Distributed: under torchrun (RANK / WORLD_SIZE set) or with `part=(i, n)`, processes claim pending shards
+through the store's claim files (vcache.store.lock.ShardClaims), their own share s % n == i first and then
+any leftover, so no two processes ever write one shard and a resume spreads its leftovers over every rank.
+Rank 0 (or the first part to arrive) creates the store; the others wait for it.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from vcache.extract.options import (
 from vcache.extract.output import ShardBuffer, clean_leftovers, open_or_create, store_attrs
 from vcache.extract.workers import DecodePool, DecodeResult, DecodeTask
 from vcache.models import VideoBackbone
-from vcache.runtime.devices import resolve_device
+from vcache.runtime.devices import resolve_device, use_device
 from vcache.store import (
     DONE,
     FAILED,
@@ -41,7 +42,7 @@ from vcache.store import (
     FeatureStore,
     Reason,
 )
-from vcache.store.lock import StoreLock, new_run_id
+from vcache.store.lock import ShardClaims, StoreLock, StoreLocked, new_run_id
 
 
 def dist_rank_world() -> tuple[int, int]:
@@ -50,15 +51,19 @@ def dist_rank_world() -> tuple[int, int]:
 
 
 class _Dist:
-    """torchrun's process group (gloo: extraction only needs barriers and one broadcast)."""
+    """torchrun's process group (gloo: extraction only needs barriers and one broadcast). ``timeout_s``
+    bounds the first barrier, where ranks wait for rank 0 to delete (--overwrite) or create the store;
+    the last one comes after every rank saw no live claim left, so it is short."""
 
-    def __init__(self, world: int):
+    def __init__(self, world: int, timeout_s: float):
         self.active = world > 1 and "MASTER_ADDR" in os.environ
         if self.active:
+            import datetime
+
             import torch.distributed as dist
 
             if not dist.is_initialized():
-                dist.init_process_group("gloo")
+                dist.init_process_group("gloo", timeout=datetime.timedelta(seconds=timeout_s))
             self.dist = dist
 
     def barrier(self) -> None:
@@ -89,7 +94,7 @@ def extract(
     t_start = time.perf_counter()
     out = Path(out)
     rank, world = dist_rank_world()
-    dist = _Dist(world)
+    dist = _Dist(world, opts.barrier_timeout_s)
     if opts.part is not None:
         if world > 1:
             raise ValueError("--part cannot be combined with torchrun (each rank already takes a share)")
@@ -97,26 +102,52 @@ def extract(
             raise ValueError("--overwrite cannot be combined with --part: parts run independently")
         rank, world = opts.part
     device = resolve_device(opts.device)
+    use_device(device)  # CUDA: this rank's GPU is the current one (caches, streams, AMP)
     backbone = backbone.to(device).eval()
     map_shape = backbone.map_shape(settings.clip_frames, settings.input_size) if opts.feature_maps else None
     attrs = store_attrs(backbone, settings, manifest, opts, map_shape)
     args = (out, list(manifest.paths), list(manifest.labels), settings.k, backbone.feature_dim, attrs, opts)
     run_id = dist.broadcast(opts.run_id or new_run_id())
-    if rank == 0 and opts.overwrite and out.exists():
+    first = rank == 0 or not dist.active
+    if first and opts.overwrite and out.exists():
+        _check_unlocked(out, run_id)  # never delete a store that a live run is writing
         shutil.rmtree(out)
-    store = open_or_create(*args, map_shape) if rank == 0 or not dist.active else None
-    dist.barrier()
-    if store is None:
+    store = lock = None
+    if first:  # torchrun: rank 0 alone, before the others start writing
         store = open_or_create(*args, map_shape)
-    lock = StoreLock(out, (rank, world), run_id, store.n_shards)
-    lock.acquire()
+        lock = StoreLock(out, (rank, world), run_id, store.n_shards)
+        lock.acquire()
     try:
+        cleaned = clean_leftovers(out, lock) if first else 0
+        dist.barrier()
+        if store is None:
+            store = open_or_create(*args, map_shape)
+            lock = StoreLock(out, (rank, world), run_id, store.n_shards)
+            lock.acquire()
         job = _Job(store, manifest, backbone, settings, opts, device, map_shape)
-        job.run(rank, world, progress)
+        job.cleaned = cleaned
+        job.run(rank, world, progress, ShardClaims(lock))
+        if dist.active:
+            job.wait_for_claims()
     finally:
-        lock.release()
+        if lock is not None:
+            lock.release()
     dist.barrier()  # under torchrun, report on the whole store once every rank is finished
     return job.report(t_start)
+
+
+def _check_unlocked(out: Path, run_id: str) -> None:
+    probe = StoreLock(out, (0, 1), run_id, 1)
+    for _, rec in probe.holders():
+        if rec.get("run_id") != run_id and not probe.is_stale(rec):
+            raise StoreLocked(
+                f"--overwrite: {out} is being written by run {rec.get('run_id')} (host {rec.get('host')}, "
+                f"pid {rec.get('pid')}); nothing was deleted. Stop that run first, or --force-unlock if it "
+                "is dead"
+            )
+
+
+_WAIT = -1  # from the claim generator: no new shard until a claimed one is written
 
 
 class _Job:
@@ -142,32 +173,68 @@ class _Job:
         self.progress: Callable[[str, dict[str, Any]], None] | None = None
         self.todo: list[int] = []
         self.cleaned = 0
+        self.open_shards: set[int] = set()  # claimed, not yet written
+        self.claims: ShardClaims | None = None
 
-    def run(self, rank: int, world: int, progress) -> None:
+    def _pending(self, s: int) -> bool:
+        vids = self.store.shard_videos(s)
+        return bool((self.store.group["videos/status"][vids.start : vids.stop] == PENDING).all())
+
+    def _claimed_videos(self, rank: int, world: int):
+        """Videos of the shards this process claims, claimed lazily as decoding needs work: its own share
+        (s % world == rank) first, then any pending shard no live process holds. At most two claimed
+        shards wait unwritten, so leftovers spread over every process instead of the first one there."""
+        n = self.store.n_shards
+        order = [s for s in range(n) if s % world == rank] + [s for s in range(n) if s % world != rank]
+        for s in order:
+            if not self._pending(s):
+                continue
+            while len(self.open_shards) >= 2:
+                yield _WAIT  # let the claimed shards be written first
+            if not self.claims.claim(s):
+                continue
+            if not self._pending(s):  # written by another process between the check and the claim
+                self.claims.release(s)
+                continue
+            self.open_shards.add(s)
+            for v in self.store.shard_videos(s):
+                self.shard_of[v] = s
+                self.todo.append(v)
+                yield v
+
+    def wait_for_claims(self, poll_s: float = 0.5) -> None:
+        """torchrun: wait until no live process holds a claim, so the last barrier is short."""
+        while self.claims.live():
+            time.sleep(poll_s)
+
+    def run(self, rank: int, world: int, progress, claims: ShardClaims) -> None:
         store, opts = self.store, self.opts
-        self.progress = progress
-        self.cleaned = clean_leftovers(store.path) if rank == 0 else 0
+        self.progress, self.claims, self.open_shards = progress, claims, set()
         if opts.retry_failed:
             _reset_failed(store, rank, world)
-        shards = [s for s in store.pending_shards() if s % world == rank]
-        self.shard_of = {v: s for s in shards for v in store.shard_videos(s)}
-        self.todo = [v for s in shards for v in store.shard_videos(s)]
         if progress:
             done = int((store.status() != PENDING).sum())
-            progress("start", {"total": store.n_videos, "done": done, "todo": len(self.todo)})
+            progress("start", {"total": store.n_videos, "done": done})
         in_flight_cap = max(2, 2 * opts.workers + 1)
         with DecodePool(opts.workers, opts.timeout_s) as pool:
-            queue = iter(self.todo)
+            queue = self._claimed_videos(rank, world)
             exhausted = False
             while True:
+                waiting = False
                 while not exhausted and pool.pending() < in_flight_cap:
                     v = next(queue, None)
                     if v is None:
                         exhausted = True
                         break
+                    if v == _WAIT:
+                        waiting = True
+                        break
                     path = self.paths[v]
                     pool.submit(DecodeTask(v, str(self.root / path), path, self.settings))
                 if pool.pending() == 0:
+                    if waiting:  # every claimed video is decoded: run the backbone, write, claim again
+                        self._forward()
+                        continue
                     break
                 t0 = time.perf_counter()
                 results = pool.get(block=True)
@@ -251,6 +318,8 @@ class _Job:
                 ) from e
             self.timings["write"] += time.perf_counter() - t0
             del self.buffers[s]
+            self.open_shards.discard(s)
+            self.claims.release(s)
             if self.progress:
                 self.progress("shard", {"shard": s})
 

@@ -24,7 +24,8 @@ class ExtractOptions:
     overwrite: bool = False
     retry_failed: bool = False
     max_failed_fraction: float = 0.1
-    part: tuple[int, int] | None = None  # (index, count): a static share of the shards
+    part: tuple[int, int] | None = None  # (index, count): one of `count` independent processes
+    barrier_timeout_s: float = 4 * 3600.0  # torchrun: how long a rank may wait for rank 0's store creation
     run_id: str | None = None  # shared by all processes of one run (generated when None)
 
 

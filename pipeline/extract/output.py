@@ -21,9 +21,11 @@ from vcache.store import (
     StoreError,
     VideoMeta,
     create_store,
+    creation_is_dead,
     manifest_hash,
     open_store,
 )
+from vcache.store.lock import StoreLock, others_alive
 
 
 def store_attrs(
@@ -106,13 +108,24 @@ def open_or_create(
     return store
 
 
-def clean_leftovers(out: Path) -> int:
-    """Files a killed run can leave: zarr's `*.partial` temporaries and half-built `.NAME.creating-*`."""
+def clean_leftovers(out: Path, lock: StoreLock | None = None, young_s: float = 600.0) -> int:
+    """Remove what killed runs left: half-built `.NAME.creating-*` folders whose process is gone, and
+    zarr's `*.partial` temporaries. While another run holds a live lock on the store (a `--part` running
+    beside this one), a temporary younger than ``young_s`` may be its write in progress (zarr renames it
+    within the chunk write) and is left alone."""
     n = 0
     for d in out.parent.glob(f".{out.name}.creating-*"):
-        shutil.rmtree(d, ignore_errors=True)
-        n += 1
+        if creation_is_dead(d):
+            shutil.rmtree(d, ignore_errors=True)
+            n += 1
+    shared = lock is not None and others_alive(lock)
+    now = time.time()
     for f in out.rglob("*.partial"):
+        try:
+            if shared and now - f.stat().st_mtime < young_s:
+                continue
+        except OSError:
+            continue  # renamed meanwhile: a live write
         f.unlink(missing_ok=True)
         n += 1
     return n

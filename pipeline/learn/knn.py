@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 
+_GPU_RES: dict = {}
+
 
 def _faiss():
     import faiss  # heavy import, only when searching
@@ -51,10 +53,16 @@ def search(
     k = min(k, len(train))
     index = faiss.IndexFlatIP(train.shape[1])
     gpus = faiss.get_num_gpus() if hasattr(faiss, "get_num_gpus") else 0
-    if (use_gpu is None and gpus > 0) or use_gpu:
-        if gpus == 0:
-            raise RuntimeError("a GPU index asked for, but this faiss build sees no GPU")
-        index = faiss.index_cpu_to_gpu(faiss.StandardGpuResources(), 0, index)
+    if use_gpu and gpus == 0:  # faiss-cpu beside a CUDA torch: same exact result, on the CPU
+        import warnings
+
+        warnings.warn(
+            "--device cuda: this faiss build has no GPU support; searching on the CPU", stacklevel=2
+        )
+    elif (use_gpu is None and gpus > 0) or use_gpu:
+        if "gpu" not in _GPU_RES:  # one resource object (its scratch memory) for every search
+            _GPU_RES["gpu"] = faiss.StandardGpuResources()
+        index = faiss.index_cpu_to_gpu(_GPU_RES["gpu"], 0, index)
     index.add(train)
     sims, idx = index.search(queries, k)
     return sims, idx

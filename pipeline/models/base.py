@@ -89,6 +89,18 @@ class VideoBackbone(nn.Module):
         """The module whose state dict is saved and loaded (the wrapped net for user modules)."""
         return self
 
+    def drop_unused(self) -> VideoBackbone:
+        """Remove the layers named by ``optional_prefixes`` (they do not feed the features), in place.
+
+        For training: DDP with ``find_unused_parameters=False`` needs every parameter to get a gradient at
+        every step, and an unused classifier (VideoResNet's ``fc``) would stop it reducing any gradient.
+        A checkpoint saved afterwards simply lacks those keys, which loading allows."""
+        for prefix in self.optional_prefixes:
+            name = prefix.rstrip(".")
+            if isinstance(getattr(self, name, None), nn.Module):
+                setattr(self, name, None)
+        return self
+
     def map_shape(self, frames: int, size: int) -> tuple[int, int, int, int]:
         """(T', H', W', C) of the feature map for a ``frames`` x ``size`` x ``size`` clip.
 

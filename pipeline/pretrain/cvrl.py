@@ -27,8 +27,8 @@ from vcache.pretrain.loop import (
     cosine_schedule,
     finish_run,
     finite_or_raise,
-    load_state,
     param_groups,
+    resume_state,
     save_state,
     state_path,
 )
@@ -175,7 +175,8 @@ def build_model(cfg: CVRLConfig) -> CVRLModel:
     )
     dim = backbone.feature_dim
     return CVRLModel(
-        backbone.train(), ProjectionHead(dim, cfg.head_hidden or dim, cfg.head_out, cfg.head_layers)
+        backbone.drop_unused().train(),  # e.g. VideoResNet's fc: DDP needs a gradient for every parameter
+        ProjectionHead(dim, cfg.head_hidden or dim, cfg.head_out, cfg.head_layers),
     )
 
 
@@ -231,8 +232,8 @@ def train_cvrl(
 
     start, losses = 0, []
     spath = state_path(out)
-    if resume and spath.exists():
-        st = load_state(spath)
+    st = resume_state(spath, resume, ctx)
+    if st is not None:
         model.load_state_dict(st["model"])
         opt.load_state_dict(st["optimizer"])
         start, losses = int(st["step"]), list(st["losses"])

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from vcache.runtime.distributed import DistContext
+from vcache.runtime.distributed import DistContext, broadcast_object, check_replicas
 
 
 def cosine_schedule(
@@ -38,6 +38,16 @@ def save_state(path: Path, state: dict) -> None:
 
 def load_state(path: Path) -> dict:
     return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def resume_state(spath: Path, resume: bool, ctx: DistContext) -> dict | None:
+    """The training state to continue from, decided and read on rank 0 and sent to every rank.
+
+    Only rank 0 writes the state, and the other ranks may run on nodes whose disks do not hold it: a
+    rank deciding alone would restart at step 0 with a fresh optimizer while rank 0 continues. None when
+    there is nothing to resume (every rank then starts at step 0)."""
+    st = load_state(spath) if resume and ctx.is_main and spath.exists() else None
+    return broadcast_object(st) if ctx.distributed else st
 
 
 def state_path(out: Path) -> Path:
@@ -128,6 +138,8 @@ def finish_run(
         "final_loss": losses[-1] if losses else None,
         "first_loss": losses[0] if losses else None,
         "clips_per_s": clips_per_s,
+        # every rank must hold the same weights; a DDP that reduced no gradient fails here, loudly
+        "replica_spread": check_replicas(backbone),
     }
     if ctx.is_main:
         save_state(state_path(out), final_state)

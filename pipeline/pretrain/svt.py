@@ -40,8 +40,8 @@ from vcache.pretrain.loop import (
     cosine_schedule,
     finish_run,
     finite_or_raise,
-    load_state,
     param_groups,
+    resume_state,
     save_state,
     state_path,
 )
@@ -259,8 +259,8 @@ def train_svt(
 
     start, losses = 0, []
     spath = state_path(out)
-    if resume and spath.exists():
-        st = load_state(spath)
+    st = resume_state(spath, resume, ctx)  # rank 0 decides and sends it (node-local disks)
+    if st is not None:
         student.load_state_dict(st["student"])
         teacher.load_state_dict(st["teacher"])
         opt.load_state_dict(st["optimizer"])

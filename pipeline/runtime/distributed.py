@@ -10,6 +10,7 @@ itself.
 
 from __future__ import annotations
 
+import datetime
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -19,7 +20,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from vcache.runtime.devices import resolve_device
+from vcache.runtime.devices import resolve_device, use_device
 
 
 @dataclass
@@ -37,19 +38,29 @@ class DistContext:
         return self.world > 1
 
 
-def init_distributed(device: str = "auto") -> DistContext:
-    """One process, or one rank of a ``torchrun`` job (gloo on the CPU, NCCL on CUDA)."""
+def init_distributed(device: str = "auto", timeout_s: float | None = None) -> DistContext:
+    """One process, or one rank of a ``torchrun`` job (gloo on the CPU, NCCL on CUDA).
+
+    The device is :func:`vcache.runtime.devices.resolve_device`'s, the one rule every command uses; it is
+    made the current CUDA device before the process group starts. ``timeout_s``: how long a collective
+    may wait for the other ranks (torch's default, 30 minutes for gloo, 10 for NCCL, when None).
+    """
     dev = resolve_device(device)
+    use_device(dev)
     world = int(os.environ.get("WORLD_SIZE", 1))
     if world <= 1:
         return DistContext(0, 1, dev)
-    rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", 0))
-    if dev.type == "cuda":
-        dev = torch.device("cuda", local)
-        torch.cuda.set_device(dev)
+    rank = int(os.environ["RANK"])
     if not dist.is_initialized():
-        dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
+        kw = {"timeout": datetime.timedelta(seconds=timeout_s)} if timeout_s else {}
+        dist.init_process_group("nccl" if dev.type == "cuda" else "gloo", **kw)
     return DistContext(rank, world, dev)
+
+
+def end_distributed() -> None:
+    """Leave the process group at the end of a run (torch warns, and NCCL may hang at exit, without it)."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def world_size() -> int:
@@ -156,9 +167,64 @@ def convert_batchnorm(module: nn.Module, device: torch.device) -> nn.Module:
     return module
 
 
+def collective_device(backend: str | None = None) -> torch.device:
+    """Where a tensor handed to a collective must live: this rank's current GPU under NCCL, which only
+    takes CUDA tensors, and the CPU under gloo. Every collective of vcache on host values (the loss, the
+    replica check, broadcast objects) places its tensors here, so gloo runs the same code as NCCL."""
+    backend = backend or str(dist.get_backend())
+    if backend == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
 def mean_over_ranks(value: float) -> float:
-    if world_size() == 1:
+    """The mean of ``value`` over every rank (``value`` itself outside a process group). A group of one
+    still runs the collective, so a one-GPU check exercises NCCL's path."""
+    if not (dist.is_available() and dist.is_initialized()):
         return value
-    t = torch.tensor([value], dtype=torch.float64)
+    t = torch.tensor([value], dtype=torch.float64, device=collective_device())
     dist.all_reduce(t)
-    return float(t.item()) / world_size()
+    return float(t.item()) / dist.get_world_size()
+
+
+def broadcast_object(obj: Any) -> Any:
+    """Rank 0's ``obj`` on every rank (picklable; tensors inside come back on the CPU as they went).
+    What every rank must agree on -- resume or not, the step, a run id -- is decided on rank 0 and sent."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0, device=collective_device())
+    return box[0]
+
+
+def replica_fingerprint(module: nn.Module) -> Tensor:
+    """Per-parameter float64 sums and sums of squares: equal on every rank when the replicas are equal."""
+    with torch.no_grad():
+        rows = [
+            torch.stack([p.detach().double().sum(), p.detach().double().pow(2).sum()])
+            for p in module.parameters()
+        ]
+    return torch.cat(rows) if rows else torch.zeros(0, dtype=torch.float64)
+
+
+def check_replicas(module: nn.Module, rtol: float = 1e-6) -> float:
+    """Raise when the replicas of ``module`` differ between ranks (a DDP run whose gradients were not
+    all reduced); returns the largest relative difference of the fingerprints (0.0 in one process).
+
+    DDP gives every rank the same averaged gradients, so the replicas stay bitwise equal on the CPU; on
+    CUDA ``rtol`` leaves room for kernels that are not bitwise reproducible."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return 0.0
+    mine = replica_fingerprint(module).to(collective_device())
+    parts = [torch.empty_like(mine) for _ in range(dist.get_world_size())]
+    dist.all_gather(parts, mine)
+    ref = parts[0]
+    spread = (
+        max(float(((p - ref).abs() / ref.abs().clamp_min(1e-12)).max()) for p in parts) if len(ref) else 0.0
+    )
+    if spread > rtol:
+        raise RuntimeError(
+            f"the model replicas differ between ranks (relative difference {spread:.3g}): gradients were "
+            "not all reduced; the run is not valid"
+        )
+    return spread

@@ -16,6 +16,7 @@ from vcache.store.format import (
     FeatureStore,
     StoreError,
     create_store,
+    creation_is_dead,
     manifest_hash,
     open_store,
 )
@@ -35,6 +36,7 @@ __all__ = [
     "cache_nbytes",
     "check_compatible",
     "create_store",
+    "creation_is_dead",
     "export_h5",
     "load_cache",
     "manifest_hash",

@@ -30,6 +30,8 @@ import json
 import math
 import os
 import shutil
+import socket
+import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -182,6 +184,28 @@ class FeatureStore:
         return len(files)
 
 
+def creation_is_dead(folder: Path, other_host_after_s: float = 3600.0) -> bool:
+    """Whether a `.NAME.creating-<id>-<pid>-<host>` folder was left by a process that is gone: on this
+    host, its pid no longer exists; from another host (shared file system) it is older than an hour."""
+    try:
+        _, pid, host = folder.name.split(".creating-", 1)[1].split("-", 2)
+        pid_n = int(pid)
+    except ValueError:
+        return True  # not our naming: an older version's leftover
+    if host == socket.gethostname():
+        try:
+            os.kill(pid_n, 0)
+        except ProcessLookupError:
+            return True
+        except PermissionError:
+            return False
+        return False
+    try:
+        return time.time() - folder.stat().st_mtime > other_host_after_s
+    except OSError:
+        return False
+
+
 def create_store(
     path: str | Path,
     paths: list[str],
@@ -205,8 +229,9 @@ def create_store(
     vps = max(1, min(videos_per_shard, n))
     final = Path(path)
     for old in final.parent.glob(f".{final.name}.creating-*"):
-        shutil.rmtree(old, ignore_errors=True)
-    tmp = final.parent / f".{final.name}.creating-{uuid.uuid4().hex[:8]}"
+        if creation_is_dead(old):  # not another process's creation in progress (--part runs)
+            shutil.rmtree(old, ignore_errors=True)
+    tmp = final.parent / f".{final.name}.creating-{uuid.uuid4().hex[:8]}-{os.getpid()}-{socket.gethostname()}"
     root = zarr.open_group(str(tmp), mode="w")
     full = dict(attrs)
     full.update(

@@ -137,6 +137,77 @@ class StoreLock:
         self.release()
 
 
+class ShardClaims:
+    """Dynamic shares: a process writes shard s only while it holds ``LOCK_DIR/shard-<s>.claim``.
+
+    A claim is created atomically (O_EXCL), so two processes never hold one shard; it is released once the
+    shard is written. A claim is dead, and taken over, when its process is gone (same host) or, from
+    another host, when no live run lock carries its run id. Takeover renames the dead file away first, so
+    of two processes taking over at once only one wins.
+    """
+
+    def __init__(self, lock: StoreLock):
+        self.lock, self.dir = lock, lock.dir
+        self.host, self.pid = socket.gethostname(), os.getpid()
+
+    def path(self, shard: int) -> Path:
+        return self.dir / f"shard-{shard}.claim"
+
+    def _read(self, p: Path) -> dict | None:
+        try:
+            return json.loads(p.read_text())
+        except (OSError, ValueError):
+            return None  # gone, or being written right now (O_EXCL done, JSON not yet): treat as live
+
+    def is_dead(self, rec: dict) -> bool:
+        if rec.get("host") == self.host:
+            return not _pid_alive(int(rec.get("pid", -1)))
+        live = [r for _, r in self.lock.holders() if not self.lock.is_stale(r)]
+        return not any(r.get("run_id") == rec.get("run_id") for r in live)
+
+    def claim(self, shard: int) -> bool:
+        """True when this process now holds ``shard``."""
+        p = self.path(shard)
+        for _ in range(3):
+            try:
+                fd = os.open(p, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                rec = self._read(p)
+                if rec is None or not self.is_dead(rec):
+                    return False
+                grave = p.with_name(f"{p.name}.dead-{uuid.uuid4().hex}")
+                try:
+                    os.rename(p, grave)
+                except FileNotFoundError:
+                    return False  # another process took it over first
+                if self._read(grave) != rec:  # we moved a fresh claim made meanwhile: put it back
+                    os.rename(grave, p)
+                    return False
+                grave.unlink(missing_ok=True)
+                continue
+            with os.fdopen(fd, "w") as f:
+                json.dump({"run_id": self.lock.run_id, "host": self.host, "pid": self.pid}, f)
+            return True
+        return False
+
+    def release(self, shard: int) -> None:
+        self.path(shard).unlink(missing_ok=True)
+
+    def live(self) -> list[int]:
+        """Shards claimed by live processes (this one included)."""
+        out = []
+        for p in self.dir.glob("shard-*.claim") if self.dir.exists() else []:
+            rec = self._read(p)
+            if rec is None or not self.is_dead(rec):
+                out.append(int(p.name.split("-")[1].split(".")[0]))
+        return sorted(out)
+
+
+def others_alive(lock: StoreLock) -> bool:
+    """Whether a live process of another run holds a lock on the store (its temporaries are not ours)."""
+    return any(r.get("run_id") != lock.run_id and not lock.is_stale(r) for _, r in lock.holders())
+
+
 def force_unlock(store: str | Path) -> int:
     """Remove every lock of a store; returns how many there were."""
     d = Path(store) / LOCK_DIR
