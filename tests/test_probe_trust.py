@@ -218,3 +218,26 @@ def test_a_train_mode_test_store_is_warned_about(stores):
     assert (
         run_knn(train, load_cache(stores["test"]), ProbeSettings(device="cpu")).provenance["warnings"] == []
     )
+
+
+def test_results_group_seeds_and_say_what_each_line_compares(stores, tmp_path):
+    from vcache.learn.report import collect, to_markdown
+
+    train, test = load_cache(stores["train"]), load_cache(stores["test"])
+    for seed in (0, 1):
+        s = ProbeSettings(device="cpu", low_shot=0.5, seed=seed)
+        write_results(run_knn(train, test, s, train_path=stores["train"], test_path=stores["test"]), tmp_path)
+    s = ProbeSettings(device="cpu", low_shot=0.5, k=5)
+    write_results(run_knn(train, test, s, train_path=stores["train"], test_path=stores["test"]), tmp_path)
+    rows = collect(tmp_path)
+    assert len(rows) == 3 and {r["backbone"] for r in rows} == {"synthetic-bb (sha 00000000)"}
+    md = to_markdown(rows).splitlines()
+    head = [c.strip() for c in md[0].strip("|").split("|")]
+    lines = [dict(zip(head, (c.strip() for c in ln.strip("|").split("|")), strict=True)) for ln in md[2:]]
+    assert len(lines) == 2  # seeds 0 and 1 form one line
+    by_k = {ln["options"]: ln for ln in lines}
+    assert set(by_k) == {"k=20", "k=5"}  # only the option that differs is shown
+    two = by_k["k=20"]
+    assert two["seeds"] == "0,1" and "±" in two["top1"] and two["stores"] == "train.zarr -> test.zarr"
+    vals = [r["metrics"]["top1"] for r in rows if r["options"]["k"] == 20]
+    assert float(two["top1"].split("±")[0]) == pytest.approx(sum(vals) / 2, abs=1e-3)

@@ -7,9 +7,25 @@ import json
 from pathlib import Path
 from typing import Any
 
+METRICS = ("top1", "mean_class_top1", "top5", "R@1", "R@5", "R@20")
+_NOT_OPTIONS = {"seed", "device", "probe"}
+
+
+def weights_label(backbone: dict[str, Any] | None) -> str:
+    """A backbone and its weights in a few words: `name (checkpoint file)`, `name (sha 1a2b3c4d)`, or
+    `name (random init, seed 0)`."""
+    bb = backbone or {}
+    name = bb.get("name") or "?"
+    if bb.get("checkpoint"):
+        return f"{name} ({Path(str(bb['checkpoint'])).name})"
+    if bb.get("checkpoint_sha256"):
+        return f"{name} (sha {str(bb['checkpoint_sha256'])[:8]})"
+    seed = bb.get("init_seed")
+    return f"{name} (random init{'' if seed is None else f', seed {seed}'})"
+
 
 def collect(folder: str | Path) -> list[dict[str, Any]]:
-    """One row per result JSON under `folder` (recursively), sorted by name."""
+    """One row per result JSON under `folder` (recursively), sorted by file name."""
     rows = []
     for f in sorted(Path(folder).rglob("*.json")):
         try:
@@ -18,6 +34,8 @@ def collect(folder: str | Path) -> list[dict[str, Any]]:
             continue
         if not isinstance(d, dict) or "metrics" not in d or "name" not in d:
             continue
+        prov = d.get("provenance") or {}
+        agg = (prov.get("aggregator") or {}).get("path")
         rows.append(
             {
                 "file": str(f),
@@ -27,22 +45,79 @@ def collect(folder: str | Path) -> list[dict[str, Any]]:
                 "per_family": d.get("per_family") or {},
                 "seconds": d.get("seconds"),
                 "seed": d.get("seed"),
+                "backbone": weights_label((prov.get("train") or {}).get("backbone")),
+                "stores": f"{_short((prov.get('train') or {}).get('path'))} -> "
+                f"{_short((prov.get('test') or {}).get('path'))}",
+                "options": {
+                    **{k: v for k, v in (d.get("settings") or {}).items() if k not in _NOT_OPTIONS},
+                    "aggregator": _short(agg) if agg else None,
+                },
             }
         )
     return rows
 
 
-def to_markdown(rows: list[dict[str, Any]]) -> str:
-    families = sorted({f for r in rows for f in r["per_family"]})
-    metrics = [m for m in ("top1", "top5", "R@1", "R@5", "R@20") if any(m in r["metrics"] for r in rows)]
-    head = ["probe", "run", "seed", *metrics, *(f"{f} top1" for f in families)]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+def _short(path: str | None) -> str:
+    return "?" if not path else Path(path).name
+
+
+def group(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Rows that differ only in their seed become one group; its metrics are (mean, std, n) over the seeds.
+    Each group keeps the options that differ between groups (`differs`): a table shows what each compares."""
+    groups: dict[str, dict[str, Any]] = {}
     for r in rows:
-        cells = [r["name"], r["run"], _fmt(r["seed"])]
-        cells += [_fmt(r["metrics"].get(m)) for m in metrics]
-        cells += [_fmt((r["per_family"].get(f) or {}).get("top1")) for f in families]
+        key = json.dumps([r["name"], r["backbone"], r["stores"], r["options"]], sort_keys=True, default=str)
+        g = groups.setdefault(key, {**r, "seeds": [], "runs": []})
+        g["seeds"].append(r["seed"])
+        g["runs"].append(r)
+    keys = sorted({k for g in groups.values() for k in g["options"]})
+    varying = [
+        k for k in keys if len({json.dumps(g["options"].get(k), default=str) for g in groups.values()}) > 1
+    ]
+    out = []
+    for g in groups.values():
+        stats = {}
+        for m in METRICS:
+            vals = [float(r["metrics"][m]) for r in g["runs"] if isinstance(r["metrics"].get(m), int | float)]
+            if vals:
+                mean = sum(vals) / len(vals)
+                sd = (sum((v - mean) ** 2 for v in vals) / (len(vals) - 1)) ** 0.5 if len(vals) > 1 else 0.0
+                stats[m] = (mean, sd, len(vals))
+        fams = {}
+        for f in {f for r in g["runs"] for f in r["per_family"]}:
+            vals = [float(r["per_family"][f]["top1"]) for r in g["runs"] if f in r["per_family"]]
+            fams[f] = sum(vals) / len(vals)
+        differs = ", ".join(f"{k}={g['options'].get(k)}" for k in varying)
+        out.append({**g, "stats": stats, "family_means": fams, "differs": differs})
+    return out
+
+
+def to_markdown(rows: list[dict[str, Any]]) -> str:
+    """One line per group of seeds: probe, backbone and weights, train -> test store, the options that differ
+    between lines, the seeds, then mean ± std of each metric (a single seed: its value)."""
+    groups = group(rows)
+    families = sorted({f for g in groups for f in g["family_means"]})
+    metrics = [m for m in METRICS if any(m in g["stats"] for g in groups)]
+    head = ["probe", "backbone", "stores", "options", "seeds", *metrics, *(f"{f} top1" for f in families)]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for g in groups:
+        cells = [
+            g["name"],
+            g["backbone"],
+            g["stores"],
+            g["differs"],
+            ",".join(str(s) for s in sorted(g["seeds"])),
+        ]
+        cells += [_stat(g["stats"].get(m)) for m in metrics]
+        cells += [_fmt(g["family_means"].get(f)) for f in families]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def _stat(s: tuple[float, float, int] | None) -> str:
+    if s is None:
+        return ""
+    return f"{s[0]:.3f} ± {s[1]:.3f}" if s[2] > 1 else f"{s[0]:.3f}"
 
 
 def _fmt(v: Any) -> str:
@@ -50,26 +125,27 @@ def _fmt(v: Any) -> str:
 
 
 def bar_figure(rows: list[dict[str, Any]], path: str | Path, metric: str = "top1") -> Path:
-    """A horizontal bar chart of `metric` per run (PNG), in the table's order, each bar labelled with its
-    value; runs without the metric are left out."""
+    """A horizontal bar chart of `metric` per group of seeds (mean, std as error bar; PNG), in the table's
+    order, each bar labelled with its value; groups without the metric are left out."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    have = [r for r in rows if isinstance(r["metrics"].get(metric), int | float)]
+    have = [g for g in group(rows) if metric in g["stats"]]
     if not have:
         raise ValueError(f"no result has {metric}")
-    labels = [f"{r['name']} (s{r['seed']})" for r in have]
-    vals = [float(r["metrics"][metric]) for r in have]
-    fig, ax = plt.subplots(figsize=(6.0, 0.45 * len(have) + 1.2))
-    ax.barh(range(len(vals)), vals, color="#4c72b0")
+    labels = [g["name"] + (f" ({g['differs']})" if g["differs"] else "") for g in have]
+    vals = [g["stats"][metric][0] for g in have]
+    errs = [g["stats"][metric][1] for g in have]
+    fig, ax = plt.subplots(figsize=(7.0, 0.45 * len(have) + 1.2))
+    ax.barh(range(len(vals)), vals, xerr=errs, color="#4c72b0")
     ax.set_yticks(range(len(vals)), labels, fontsize=8)
     ax.invert_yaxis()
     for i, v in enumerate(vals):
         ax.text(v + 0.01, i, f"{v:.2f}", va="center", fontsize=8)
     ax.set_xlim(0, 1.1)
-    n_test = {r["metrics"].get("n_test") for r in have}
+    n_test = {r["metrics"].get("n_test") for g in have for r in g["runs"]}
     ax.set_xlabel(f"{metric} on {n_test.pop() if len(n_test) == 1 else 'the'} test videos")
     fig.tight_layout()
     out = Path(path)
