@@ -242,6 +242,11 @@ def run_probe(
     }
     prov = _provenance(train, test, train_path, test_path, agg_meta, aggregator)
     prov["overlap"], prov["mismatch"], prov["warnings"] = overlap, mismatch, protocol_warnings(train, test)
+    if table and len(va_idx) < max(2, len(np.unique(train.labels[idx]))):
+        prov["warnings"].append(
+            f"the validation part holds {len(va_idx)} videos, fewer than the classes: the choice of lr, wd, "
+            "epochs is noise; give one value each (--lr, --wd, --epochs)"
+        )
     return ProbeResult(
         name=name,
         metrics=metrics,
@@ -324,6 +329,10 @@ def run_knn(
         metrics.update(retrieval_recall(rv_tr, train.labels[idx], rv_te, test.labels[q], use_gpu=use_gpu))
     prov = _provenance(train, test, train_path, test_path, agg_meta, aggregator)
     prov["overlap"], prov["mismatch"], prov["warnings"] = overlap, mismatch, protocol_warnings(train, test)
+    if len(idx) <= s.k:
+        prov["warnings"].append(
+            f"k = {s.k} neighbours but {len(idx)} labelled train videos: every query votes over all of them"
+        )
     return ProbeResult(
         name=name,
         metrics=metrics,
