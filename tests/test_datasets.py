@@ -35,6 +35,14 @@ def test_folder_sorted_classes_recursive_and_hidden_skipped(tmp_path: Path) -> N
     assert m.labels == [0, 1, 1]
     assert len(m) == 3
     assert m.source["format"] == "folder" and m.source["subset"] == "test" and m.source["missing"] == 0
+    assert m.source["loose_videos_ignored"] == 1  # loose.mp4, beside class folders
+
+
+def test_a_flat_folder_is_a_set_of_unlabelled_videos(tmp_path: Path) -> None:
+    touch(tmp_path, "b.mp4", "a.mkv", "notes.txt")
+    m = load_manifest("folder", tmp_path)
+    assert m.paths == ["a.mkv", "b.mp4"] and m.labels == [-1, -1] and m.class_names == []
+    assert m.source["unlabelled"] is True
 
 
 def test_folder_without_videos_is_an_error(tmp_path: Path) -> None:

@@ -10,7 +10,9 @@ Formats (`load_manifest(fmt, root, annotations, split, subset)`):
 
 - ``folder``: ``root/<class>/**/<video>``. Classes are the sub-folders of root that hold at least one
   video, sorted by name; videos are found recursively below the class folder. ``annotations`` and
-  ``split`` are unused; ``subset`` only names the split in the provenance.
+  ``split`` are unused; ``subset`` only names the split in the provenance. A flat folder (videos directly
+  in root, no class folders) is a set of unlabelled videos (labels -1, no classes); beside class folders,
+  videos directly in root are left out and counted in ``source["loose_videos_ignored"]``.
 - ``csv``: a CSV file (``annotations``) whose header has a ``path`` column and usually a ``label`` column
   (no label column: every label is -1). Labels are either all integers (kept as they are, -1 = unknown)
   or class names (sorted alphabetically). Paths are relative to root; absolute paths are accepted when
@@ -120,9 +122,15 @@ def _load_folder(root: Path, subset: str, exts: tuple[str, ...]) -> Loaded:
             videos += [f"{rel_dir}/{f}" for f in filenames if is_video(f, exts)]
         if videos:  # folders without videos (e.g. __MACOSX leftovers) are not classes
             per_class.append((name, sorted(videos)))
+    top = sorted(f.name for f in root.iterdir() if f.is_file() and is_video(f.name, exts))
+    source = {"format": "folder", "subset": subset}
+    if top and per_class:
+        source["loose_videos_ignored"] = len(top)
+    elif top:  # a flat folder: unlabelled videos
+        return top, [-1] * len(top), [], {**source, "unlabelled": True}
     paths = [p for _, videos in per_class for p in videos]
     labels = [i for i, (_, videos) in enumerate(per_class) for _ in videos]
-    return paths, labels, [name for name, _ in per_class], {"format": "folder", "subset": subset}
+    return paths, labels, [name for name, _ in per_class], source
 
 
 def _load_csv(root: Path, ann: Path, split: int, subset: str) -> Loaded:
