@@ -143,6 +143,11 @@ def extract_cmd(
     except (ValueError, KeyError, ImportError, RuntimeError) as e:
         fail(f"backbone {backbone!r}: {e}")
     pre = model.preprocessing
+    if checkpoint is None and model.checkpoint is None and ":" not in backbone:
+        console.print(
+            f"[yellow]note:[/] {backbone} has random weights (init seed {init_seed}): features of an "
+            "untrained network, not of a pretrained one; --checkpoint loads trained weights"
+        )
     families = _class_families(videos, annotations)
     settings = CropSettings(
         mode=mode,
@@ -188,6 +193,8 @@ def extract_cmd(
     except OSError as e:
         fail(f"cannot write the store at {out}: {e}")
     _print_report(report, quiet)
+    if checkpoint is None and model.checkpoint is None and ":" not in backbone:
+        console.print(f"weights: random init (seed {init_seed})")
     raise typer.Exit(report.exit_code)
 
 
@@ -257,6 +264,8 @@ def inspect_cmd(
     if as_json:
         sys.stdout.write(json.dumps(s, indent=2) + "\n")
         return
+    from vcache.store.compat import weights_label
+
     t = Table(title=str(store), show_header=False)
     t.add_column(style="bold")
     t.add_column()
@@ -271,6 +280,7 @@ def inspect_cmd(
             "backbone",
             f"{bb.get('name')} checkpoint={bb.get('checkpoint')} sha256={bb.get('checkpoint_sha256')}",
         ),
+        ("weights", weights_label(bb)),
         ("preprocessing", json.dumps(bb.get("preprocessing"))),
         ("sampling", json.dumps(sm)),
         ("manifest", json.dumps(s["manifest"])),

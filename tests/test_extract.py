@@ -174,3 +174,15 @@ def test_feature_maps_and_ssv2_webm(tmp_path):
         :, -pooled.shape[1] :
     ]  # last stage's pooled part
     assert np.allclose(pooled, feats, atol=2e-2, rtol=2e-2)
+
+
+def test_random_weights_are_said_at_extraction_and_by_inspect(tiny_dataset, tmp_path):
+    out = tmp_path / "r.zarr"
+    args = ["extract", str(tiny_dataset), "--out", str(out), "--backbone", "r3d_18_narrow", "--mode", "eval"]
+    r = CliRunner().invoke(app, [*args, "--layout", "1x1", "--clip-frames", "8", "--workers", "0", "--quiet"])
+    assert r.exit_code == 0, r.output
+    lines = r.output.strip().splitlines()
+    assert "random weights (init seed 0)" in " ".join(lines[:2])  # said first, before any work
+    assert lines[-1] == "weights: random init (seed 0)"  # and in the summary
+    r = CliRunner().invoke(app, ["inspect", str(out)], terminal_width=200)
+    assert "r3d_18_narrow (random init, seed 0)" in r.output

@@ -7,21 +7,10 @@ import json
 from pathlib import Path
 from typing import Any
 
+from vcache.store.compat import weights_label
+
 METRICS = ("top1", "mean_class_top1", "top5", "R@1", "R@5", "R@20")
 _NOT_OPTIONS = {"seed", "device", "probe"}
-
-
-def weights_label(backbone: dict[str, Any] | None) -> str:
-    """A backbone and its weights in a few words: `name (checkpoint file)`, `name (sha 1a2b3c4d)`, or
-    `name (random init, seed 0)`."""
-    bb = backbone or {}
-    name = bb.get("name") or "?"
-    if bb.get("checkpoint"):
-        return f"{name} ({Path(str(bb['checkpoint'])).name})"
-    if bb.get("checkpoint_sha256"):
-        return f"{name} (sha {str(bb['checkpoint_sha256'])[:8]})"
-    seed = bb.get("init_seed")
-    return f"{name} (random init{'' if seed is None else f', seed {seed}'})"
 
 
 def collect(folder: str | Path) -> list[dict[str, Any]]:

@@ -73,3 +73,16 @@ def check_compatible(
         hint = "" if hard else "; --allow-mismatch overrides"
         raise StoreError(f"{a_name} and {b_name} were made with different backbones: {shown[0]}{more}{hint}")
     return diff
+
+
+def weights_label(backbone: dict[str, Any] | None) -> str:
+    """A backbone and its weights in a few words: `name (checkpoint file)`, `name (sha 1a2b3c4d)`, or
+    `name (random init, seed 0)`."""
+    bb = backbone or {}
+    name = bb.get("name") or "?"
+    if bb.get("checkpoint"):
+        return f"{name} ({Path(str(bb['checkpoint'])).name})"
+    if bb.get("checkpoint_sha256"):
+        return f"{name} (sha {str(bb['checkpoint_sha256'])[:8]})"
+    seed = bb.get("init_seed")
+    return f"{name} (random init{'' if seed is None else f', seed {seed}'})"
