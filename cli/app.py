@@ -7,7 +7,7 @@ libraries
 
 from __future__ import annotations
 
-from vcache.cli import extract, pretrain, stage2, stica, synth, tables  # noqa: F401  (each adds its commands)
+from vcache.cli import extract, pretrain, probe, stage2, stica, synth, tables  # noqa: F401  (each adds its commands)
 from vcache.cli.tree import app
 
 

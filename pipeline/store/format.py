@@ -271,7 +271,11 @@ def create_store(
             shards=(srows, *tail) if chunk_rows < srows else None,
             fill_value=fill,
         )
-    os.rename(tmp, final)  # atomic; fails if `path` appeared meanwhile
+    try:
+        os.rename(tmp, final)  # atomic; fails if `path` appeared meanwhile
+    except OSError:
+        shutil.rmtree(tmp, ignore_errors=True)  # lost the race: the winner's store stands, ours goes
+        raise
     return open_store(final, mode="r+")
 
 
