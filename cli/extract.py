@@ -48,7 +48,8 @@ def extract_cmd(
     subset: str = typer.Option("train", help="Which part of the split: train or test (validation for SSv2)."),
     backbone: str = typer.Option(
         "r3d_18",
-        help="Registry name (see `vcache backbones`) or package.module:factory for your own model.",
+        help="Registry name (see `vcache backbones`), hf:<model id or folder> for a Hugging Face video or "
+        "image model (docs/models.md), or package.module:factory for your own model.",
     ),
     checkpoint: Path | None = typer.Option(
         None, help="Weights to load (torchvision-style or vcache checkpoint)."
@@ -75,7 +76,9 @@ def extract_cmd(
         0, help="Seed of the crop sampling (crops depend only on seed, path, frame count)."
     ),
     pool: str | None = typer.Option(
-        None, help="Pooling of the last map: avg or max [default: the backbone's]."
+        None,
+        help="Pooling of the last map: avg or max; cls or pooler for ViTs and hf: models "
+        "[default: the backbone's].",
     ),
     feature_maps: bool = typer.Option(
         False, "--feature-maps", help="Also store each crop's map before pooling."
@@ -124,8 +127,8 @@ def extract_cmd(
             parse_layout(layout)
         except ValueError as e:
             raise typer.BadParameter(str(e)) from None
-    if pool not in (None, "avg", "max", "cls"):
-        raise typer.BadParameter(f"--pool {pool!r}: choose avg or max")
+    if pool not in (None, "avg", "max", "cls", "pooler"):
+        raise typer.BadParameter(f"--pool {pool!r}: choose avg, max, cls or pooler")
     if not videos.is_dir():
         fail(f"video folder not found: {videos}")
     if checkpoint is not None and not checkpoint.is_file():
@@ -358,17 +361,25 @@ def verify_cmd(
 
 
 @app.command("backbones")
-def backbones_cmd() -> None:
-    """List the registered backbones with their feature dim and preprocessing defaults."""
+def backbones_cmd(
+    names: list[str] | None = typer.Argument(
+        None, help="Backbones to describe, e.g. hf:FOLDER [default: every registered one]."
+    ),
+) -> None:
+    """List the registered backbones (or the ones named) with their feature dim and preprocessing."""
     from rich.table import Table
 
     from vcache.models import build_backbone, list_backbones
+    from vcache.models.hf import FAMILIES
 
-    t = Table(title="backbones (--backbone NAME; or package.module:factory)")
+    t = Table(title="backbones (--backbone NAME; hf:<model id or folder>; or package.module:factory)")
     for col in ("name", "dim", "input", "clip", "stride", "pool", "params"):
         t.add_column(col)
-    for name in list_backbones():
-        m = build_backbone(name)
+    for name in names or list_backbones():
+        try:
+            m = build_backbone(name)
+        except (ValueError, KeyError, ImportError, RuntimeError) as e:
+            fail(f"backbone {name!r}: {e}")
         p = m.preprocessing
         n = sum(x.numel() for x in m.parameters())
         t.add_row(
@@ -381,3 +392,5 @@ def backbones_cmd() -> None:
             f"{n / 1e6:.1f} M",
         )
     console.print(t)
+    if not names:
+        console.print(f"hf: model types: {', '.join(sorted(FAMILIES))} (docs/models.md)")
