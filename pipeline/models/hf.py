@@ -69,12 +69,12 @@ FAMILIES: dict[str, Family] = {
     ),
     "timesformer": Family(
         "TimesformerModel", True, "cls", ("cls", "avg", "max"), 1, IMAGENET_MEAN, IMAGENET_STD, 1.0, 32,
-        "CLS as TimeSformer's classifier and SVT; 8 frames at rate 1/32 (TimeSformer Sec. 5)",
+        "CLS as TimeSformer's classifier and SVT; 8 x 1/32 as TimeSformer's implementation details",
         order="hwt",
     ),
     "vivit": Family(
         "VivitModel", True, "cls", ("cls", "avg", "max"), 1, HALF, HALF, 256 / 224, 2,
-        "CLS as ViViT's classifier; 32 frames at stride 2 (ViViT Sec. 4.1)",
+        "CLS as ViViT's classifier; 32 frames at stride 2, ViViT's Kinetics setting",
         rescale_offset=True, kwargs=(("add_pooling_layer", False),),
     ),
     "xclip": Family(
