@@ -24,6 +24,24 @@ def _parse_part(part: str | None) -> tuple[int, int] | None:
     return i, n
 
 
+def _parse_workers(workers: str) -> int:
+    """``auto``: the cores this process may use, less one for the forward pass, split among the ranks that
+    torchrun starts on this host (``LOCAL_WORLD_SIZE``), at least 1; else a count >= 0."""
+    if workers == "auto":
+        import os
+
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        local = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1))
+        return max(1, (cores - 1) // local)
+    try:
+        n = int(workers)
+    except ValueError:
+        raise typer.BadParameter(f"--workers {workers!r}: auto or a number >= 0") from None
+    if n < 0:
+        raise typer.BadParameter(f"--workers {workers!r}: auto or a number >= 0")
+    return n
+
+
 @app.command("extract")
 def extract_cmd(
     videos: Path = typer.Argument(
@@ -84,8 +102,10 @@ def extract_cmd(
         False, "--feature-maps", help="Also store each crop's map before pooling."
     ),
     batch_size: int = typer.Option(32, help="Crops per forward pass."),
-    workers: int = typer.Option(
-        1, help="Decoding processes (0 decodes in the main process, without deadline)."
+    workers: str = typer.Option(
+        "auto",
+        help="Decoding processes: auto (one per core but one, shared among torchrun's local ranks, at "
+        "least 1), a number, or 0 (decode in the main process, without deadline).",
     ),
     timeout: float = typer.Option(300.0, help="Seconds a video may take to decode before it is failed."),
     device: str = typer.Option("auto", help="auto (CUDA when there is one), cpu or cuda[:N]."),
@@ -160,7 +180,7 @@ def extract_cmd(
         class_families=families,
         init_seed=None if checkpoint else init_seed,
         batch_size=batch_size,
-        workers=workers,
+        workers=_parse_workers(workers),
         timeout_s=timeout,
         device=device,
         amp=amp,

@@ -174,3 +174,21 @@ def test_feature_maps_and_ssv2_webm(tmp_path):
         :, -pooled.shape[1] :
     ]  # last stage's pooled part
     assert np.allclose(pooled, feats, atol=2e-2, rtol=2e-2)
+
+
+def test_workers_auto_is_one_per_core_but_one(monkeypatch):
+    import typer
+
+    from vcache.cli.extract import _parse_workers
+
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    for cores, want in ((16, 15), (2, 1), (1, 1)):
+        monkeypatch.setattr("os.sched_getaffinity", lambda _pid, n=cores: set(range(n)))
+        assert _parse_workers("auto") == want
+    monkeypatch.setattr("os.sched_getaffinity", lambda _pid: set(range(16)))
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")  # two torchrun ranks on the host share the cores
+    assert _parse_workers("auto") == 7
+    assert _parse_workers("0") == 0 and _parse_workers("3") == 3
+    for bad in ("-1", "many"):
+        with pytest.raises(typer.BadParameter):
+            _parse_workers(bad)
