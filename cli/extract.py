@@ -24,6 +24,24 @@ def _parse_part(part: str | None) -> tuple[int, int] | None:
     return i, n
 
 
+def _parse_workers(workers: str) -> int:
+    """``auto``: the cores this process may use, less one for the forward pass, split among the ranks that
+    torchrun starts on this host (``LOCAL_WORLD_SIZE``), at least 1; else a count >= 0."""
+    if workers == "auto":
+        import os
+
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        local = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1))
+        return max(1, (cores - 1) // local)
+    try:
+        n = int(workers)
+    except ValueError:
+        raise typer.BadParameter(f"--workers {workers!r}: auto or a number >= 0") from None
+    if n < 0:
+        raise typer.BadParameter(f"--workers {workers!r}: auto or a number >= 0")
+    return n
+
+
 @app.command("extract")
 def extract_cmd(
     videos: Path = typer.Argument(
@@ -48,7 +66,8 @@ def extract_cmd(
     subset: str = typer.Option("train", help="Which part of the split: train or test (validation for SSv2)."),
     backbone: str = typer.Option(
         "r3d_18",
-        help="Registry name (see `vcache backbones`) or package.module:factory for your own model.",
+        help="Registry name (see `vcache backbones`), hf:<model id or folder> for a Hugging Face video or "
+        "image model (docs/models.md), or package.module:factory for your own model.",
     ),
     checkpoint: Path | None = typer.Option(
         None, help="Weights to load (torchvision-style or vcache checkpoint)."
@@ -75,14 +94,18 @@ def extract_cmd(
         0, help="Seed of the crop sampling (crops depend only on seed, path, frame count)."
     ),
     pool: str | None = typer.Option(
-        None, help="Pooling of the last map: avg or max [default: the backbone's]."
+        None,
+        help="Pooling of the last map: avg or max; cls or pooler for ViTs and hf: models "
+        "[default: the backbone's].",
     ),
     feature_maps: bool = typer.Option(
         False, "--feature-maps", help="Also store each crop's map before pooling."
     ),
     batch_size: int = typer.Option(32, help="Crops per forward pass."),
-    workers: int = typer.Option(
-        1, help="Decoding processes (0 decodes in the main process, without deadline)."
+    workers: str = typer.Option(
+        "auto",
+        help="Decoding processes: auto (one per core but one, shared among torchrun's local ranks, at "
+        "least 1), a number, or 0 (decode in the main process, without deadline).",
     ),
     timeout: float = typer.Option(300.0, help="Seconds a video may take to decode before it is failed."),
     device: str = typer.Option("auto", help="auto (CUDA when there is one), cpu or cuda[:N]."),
@@ -127,8 +150,8 @@ def extract_cmd(
             parse_layout(layout)
         except ValueError as e:
             raise typer.BadParameter(str(e)) from None
-    if pool not in (None, "avg", "max", "cls"):
-        raise typer.BadParameter(f"--pool {pool!r}: choose avg or max")
+    if pool not in (None, "avg", "max", "cls", "pooler"):
+        raise typer.BadParameter(f"--pool {pool!r}: choose avg, max, cls or pooler")
     if not videos.is_dir():
         fail(f"video folder not found: {videos}")
     if checkpoint is not None and not checkpoint.is_file():
@@ -165,7 +188,7 @@ def extract_cmd(
         class_families=families,
         init_seed=None if checkpoint else init_seed,
         batch_size=batch_size,
-        workers=workers,
+        workers=_parse_workers(workers),
         timeout_s=timeout,
         device=device,
         amp=amp,
@@ -371,17 +394,25 @@ def verify_cmd(
 
 
 @app.command("backbones")
-def backbones_cmd() -> None:
-    """List the registered backbones with their feature dim and preprocessing defaults."""
+def backbones_cmd(
+    names: list[str] | None = typer.Argument(
+        None, help="Backbones to describe, e.g. hf:FOLDER [default: every registered one]."
+    ),
+) -> None:
+    """List the registered backbones (or the ones named) with their feature dim and preprocessing."""
     from rich.table import Table
 
     from vcache.models import build_backbone, list_backbones
+    from vcache.models.hf import FAMILIES
 
-    t = Table(title="backbones (--backbone NAME; or package.module:factory)")
+    t = Table(title="backbones (--backbone NAME; hf:<model id or folder>; or package.module:factory)")
     for col in ("name", "dim", "input", "clip", "stride", "pool", "params"):
         t.add_column(col)
-    for name in list_backbones():
-        m = build_backbone(name)
+    for name in names or list_backbones():
+        try:
+            m = build_backbone(name)
+        except (ValueError, KeyError, ImportError, RuntimeError) as e:
+            fail(f"backbone {name!r}: {e}")
         p = m.preprocessing
         n = sum(x.numel() for x in m.parameters())
         t.add_row(
@@ -394,3 +425,5 @@ def backbones_cmd() -> None:
             f"{n / 1e6:.1f} M",
         )
     console.print(t)
+    if not names:
+        console.print(f"hf: model types: {', '.join(sorted(FAMILIES))} (docs/models.md)")

@@ -186,3 +186,21 @@ def test_random_weights_are_said_at_extraction_and_by_inspect(tiny_dataset, tmp_
     assert lines[-1] == "weights: random init (seed 0)"  # and in the summary
     r = CliRunner().invoke(app, ["inspect", str(out)], terminal_width=200)
     assert "r3d_18_narrow (random init, seed 0)" in r.output
+
+
+def test_workers_auto_is_one_per_core_but_one(monkeypatch):
+    import typer
+
+    from vcache.cli.extract import _parse_workers
+
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    for cores, want in ((16, 15), (2, 1), (1, 1)):
+        monkeypatch.setattr("os.sched_getaffinity", lambda _pid, n=cores: set(range(n)))
+        assert _parse_workers("auto") == want
+    monkeypatch.setattr("os.sched_getaffinity", lambda _pid: set(range(16)))
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")  # two torchrun ranks on the host share the cores
+    assert _parse_workers("auto") == 7
+    assert _parse_workers("0") == 0 and _parse_workers("3") == 3
+    for bad in ("-1", "many"):
+        with pytest.raises(typer.BadParameter):
+            _parse_workers(bad)

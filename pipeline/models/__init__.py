@@ -6,12 +6,13 @@
   unchanged) and the narrow CPU variants.
 - :mod:`~vcache.models.cvrl_r3d`: CVRL's 3D-ResNet (``cvrl_r3d_50``, ``cvrl_r3d_narrow``).
 - :mod:`~vcache.models.vit`: divided space-time attention ViTs (``vit_video_tiny``, ``vit_video_small``).
+- :mod:`~vcache.models.hf`: Hugging Face ``transformers`` video and image models (``hf:<id or folder>``).
 - :mod:`~vcache.models.build`: checkpoints and :func:`build_backbone`, the one way every stage gets a model.
 
 Importing this package registers every built-in family (the list below is the one place that names them).
 """
 
-from vcache.models import cvrl_r3d, resnet3d, vit  # noqa: F401  (each registers its entries)
+from vcache.models import cvrl_r3d, hf, resnet3d, vit  # noqa: F401  (each registers its entries)
 from vcache.models.base import KINETICS_MEAN, KINETICS_STD, Preprocessing, VideoBackbone
 from vcache.models.build import (
     CHECKPOINT_FORMAT,
@@ -21,7 +22,7 @@ from vcache.models.build import (
     load_checkpoint,
     save_checkpoint,
 )
-from vcache.models.registry import list_backbones, register
+from vcache.models.registry import list_backbones, list_prefixes, register
 from vcache.models.resnet3d import VideoResNet, r3d_18_narrow
 
 __all__ = [
@@ -35,6 +36,7 @@ __all__ = [
     "describe",
     "file_sha256",
     "list_backbones",
+    "list_prefixes",
     "load_checkpoint",
     "r3d_18_narrow",
     "register",

@@ -101,6 +101,10 @@ class VideoBackbone(nn.Module):
                 setattr(self, name, None)
         return self
 
+    def provenance(self) -> dict:
+        """Where the weights and preprocessing came from, beyond name and checkpoint (store ``source``)."""
+        return {}
+
     def map_shape(self, frames: int, size: int) -> tuple[int, int, int, int]:
         """(T', H', W', C) of the feature map for a ``frames`` x ``size`` x ``size`` clip.
 

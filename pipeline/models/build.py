@@ -187,8 +187,8 @@ def build_backbone(
 
 
 def describe(model: VideoBackbone) -> dict:
-    """Provenance for store attributes (JSON-plain)."""
-    return {
+    """Provenance for store attributes (JSON-plain); ``source`` only for models that have one (hf:...)."""
+    out = {
         "name": model.name,
         "checkpoint": model.checkpoint,
         "checkpoint_sha256": model.checkpoint_sha256,
@@ -198,3 +198,7 @@ def describe(model: VideoBackbone) -> dict:
         "config": json.loads(json.dumps(model.arch_config(), default=str)),
         "n_params": int(sum(p.numel() for p in model.parameters())),
     }
+    source = model.provenance()
+    if source:
+        out["source"] = json.loads(json.dumps(source, default=str))
+    return out

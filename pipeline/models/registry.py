@@ -39,6 +39,23 @@ def list_backbones() -> list[str]:
     return sorted(_REGISTRY)
 
 
+_PREFIXES: dict[str, Callable[..., VideoBackbone]] = {}
+
+
+def register_prefix(prefix: str) -> Callable[[Callable[..., VideoBackbone]], Callable[..., VideoBackbone]]:
+    """Decorator: ``prefix:SPEC`` names are built by ``factory(SPEC, **kwargs)`` (e.g. ``hf:FOLDER``)."""
+
+    def deco(factory: Callable[..., VideoBackbone]) -> Callable[..., VideoBackbone]:
+        _PREFIXES[prefix] = factory
+        return factory
+
+    return deco
+
+
+def list_prefixes() -> list[str]:
+    return sorted(_PREFIXES)
+
+
 # --------------------------------------------------------------------------------------------------------
 # User models
 # --------------------------------------------------------------------------------------------------------
@@ -83,8 +100,11 @@ def _user_factory(spec: str) -> Callable[..., Any]:
 
 
 def construct(name: str, **kwargs: Any) -> VideoBackbone:
+    prefix, _, spec = name.partition(":")
     if name in _REGISTRY:
         model = _REGISTRY[name](**kwargs)
+    elif prefix in _PREFIXES:
+        model = _PREFIXES[prefix](spec, **kwargs)
     elif ":" in name:
         made = _user_factory(name)(**kwargs)
         if isinstance(made, VideoBackbone):
@@ -101,7 +121,7 @@ def construct(name: str, **kwargs: Any) -> VideoBackbone:
     else:
         raise KeyError(
             f"unknown backbone {name!r}; registered: {', '.join(list_backbones())} "
-            "(or give 'package.module:factory')"
+            f"(or {', '.join(p + ':...' for p in list_prefixes())}, or 'package.module:factory')"
         )
     if not isinstance(model, VideoBackbone):
         raise TypeError(f"backbone factory {name!r} returned {type(model).__name__}, not a VideoBackbone")
