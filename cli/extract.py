@@ -335,42 +335,6 @@ def export_cmd(
     console.print(f"wrote {out}")
 
 
-@app.command("results")
-def results_cmd(
-    folder: Path = typer.Argument(..., help="Folder with probe result JSON files (searched recursively)."),
-    markdown: Path | None = typer.Option(None, help="Also write the table as markdown to this file."),
-    figure: Path | None = typer.Option(
-        None, help="Also draw top-1 per run as a bar chart into this PNG [default: no figure]."
-    ),
-) -> None:
-    """Gather the results of `vcache probe` runs into one table (top-1/top-5, per class family)."""
-    from rich.table import Table
-
-    from vcache.learn.report import bar_figure, collect, to_markdown
-
-    rows = collect(folder)
-    if not rows:
-        fail(f"no probe results under {folder}")
-    md = to_markdown(rows)
-    if markdown:
-        markdown.write_text(md)
-    if figure:
-        try:
-            console.print(f"figure: {bar_figure(rows, figure)}")
-        except ValueError as e:
-            fail(str(e))
-    lines = [ln for ln in md.splitlines() if ln.strip()]
-    head = [c.strip() for c in lines[0].strip("|").split("|")]
-    t = Table(title=f"results in {folder}")
-    for h in head:
-        t.add_column(h, justify="left" if h == "probe" else "right")
-    for ln in lines[2:]:
-        t.add_row(*[c.strip() for c in ln.strip("|").split("|")])
-    from rich.console import Console
-
-    Console().print(t)
-
-
 @app.command("verify")
 def verify_cmd(
     store: Path = typer.Argument(..., help="A store made by `vcache extract`."),

@@ -13,7 +13,7 @@ import typer
 
 from vcache.cli import options
 from vcache.cli.common import console, fail
-from vcache.cli.tree import probe_app
+from vcache.cli.tree import app, probe_app
 
 
 def _show(result: Any, paths: tuple[Path, Path]) -> None:
@@ -297,3 +297,40 @@ def knn_cmd(
         device=device,
     )
     _run(train_store, test_store, out, aggregator, run_knn, s, confusion)
+
+
+@app.command("results")
+def results_cmd(
+    folder: Path = typer.Argument(..., help="Folder with probe result JSON files (searched recursively)."),
+    markdown: Path | None = typer.Option(None, help="Also write the table as markdown to this file."),
+    figure: Path | None = typer.Option(
+        None, help="Also draw top-1 per run as a bar chart into this PNG [default: no figure]."
+    ),
+) -> None:
+    """Gather the results of `vcache probe` runs into one table: a line per group of seeds (mean ± std), its
+    backbone and weights, stores and the options that differ between lines."""
+    from rich.table import Table
+
+    from vcache.learn.report import bar_figure, collect, to_markdown
+
+    rows = collect(folder)
+    if not rows:
+        fail(f"no probe results under {folder}")
+    md = to_markdown(rows)
+    if markdown:
+        markdown.write_text(md)
+    if figure:
+        try:
+            console.print(f"figure: {bar_figure(rows, figure)}")
+        except ValueError as e:
+            fail(str(e))
+    lines = [ln for ln in md.splitlines() if ln.strip()]
+    head = [c.strip() for c in lines[0].strip("|").split("|")]
+    t = Table(title=f"results in {folder}")
+    for h in head:
+        t.add_column(h, justify="left" if h == "probe" else "right")
+    for ln in lines[2:]:
+        t.add_row(*[c.strip() for c in ln.strip("|").split("|")])
+    from rich.console import Console
+
+    Console().print(t)
