@@ -64,7 +64,7 @@ def scale_cmd(
     memory_gb: float | None = typer.Option(
         None,
         help="Load the store whole when its features fit in this many GB, else stream it a group of shards "
-        "at a time [default: half of the available memory].",
+        "at a time [default: half of the free host memory, and on a GPU also half of its free memory].",
     ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
@@ -78,9 +78,17 @@ def scale_cmd(
 
     if out.exists() and not resume:
         fail(f"{out} exists: pass --resume to continue it, or choose another --out")
-    budget = (
-        memory_gb * 1e9 if memory_gb else 0.5 * os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    )
+    from vcache.learn.scale import memory_budget
+    from vcache.runtime.devices import resolve_device
+
+    dev = resolve_device(device)
+    gpu_free = None
+    if dev.type == "cuda":
+        import torch
+
+        gpu_free = float(torch.cuda.mem_get_info(dev)[0])
+    host_free = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    budget = memory_budget(host_free, gpu_free, memory_gb)
     try:
         if cache_nbytes(train_store) <= budget:
             cache = load_cache(train_store)

@@ -212,3 +212,12 @@ def test_a_store_too_large_for_memory_streams_by_shard(train_cache, tmp_path):
     assert len(small.groups) == 2
     res = train_scale(small, cfg, tmp_path / "c.pt", device="cpu")
     assert res.epochs_done == 2 and all(torch.isfinite(torch.tensor(h["total"])) for h in res.history)
+
+
+def test_memory_budget_counts_the_gpu_when_training_on_one():
+    from vcache.learn.scale import memory_budget
+
+    assert memory_budget(host_free=64e9, gpu_free=None) == 32e9
+    assert memory_budget(host_free=64e9, gpu_free=10e9) == 5e9  # the cache goes to the GPU
+    assert memory_budget(host_free=8e9, gpu_free=80e9) == 4e9  # and is read through the host first
+    assert memory_budget(host_free=8e9, gpu_free=10e9, memory_gb=2) == 2e9

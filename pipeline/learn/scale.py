@@ -65,6 +65,16 @@ class ShardStream:
             yield load_cache(self.path, shards=self.groups[g])
 
 
+def memory_budget(host_free: float, gpu_free: float | None, memory_gb: float | None = None) -> float:
+    """Bytes of features SCALE may hold at once. The loaded cache (or a stream's group of shards) sits on the
+    training device, so on a GPU the budget is half of its free memory as well as half of the host's free
+    memory (the host reads it first); `memory_gb` overrides both."""
+    if memory_gb:
+        return memory_gb * 1e9
+    budget = 0.5 * host_free
+    return min(budget, 0.5 * gpu_free) if gpu_free is not None else budget
+
+
 def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
     """AdamW groups as the official code: no decay on biases, 1-d parameters (norms) or learned tokens."""
     plain, decay = [], []
