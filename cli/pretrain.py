@@ -122,7 +122,10 @@ def cvrl_cmd(
     per_frame_aug: bool = typer.Option(
         False, "--per-frame-aug", help="Draw the augmentation per frame (Table 9)."
     ),
-    workers: int | None = typer.Option(None, help="Decoding processes per rank [2]."),
+    workers: int | None = typer.Option(None, help="Decoding processes per rank [default: 2]."),
+    timeout: float | None = typer.Option(
+        None, help="Seconds a video may take to decode before it is skipped as unreadable [default: 300]."
+    ),
     seed: int | None = typer.Option(None, help="Seed of weights and clip sampling [0]."),
     device: str | None = typer.Option(None, help="auto, cpu or cuda [auto]."),
     save_every: int | None = typer.Option(None, help="Steps between saves of the resumable state [200]."),
@@ -151,6 +154,7 @@ def cvrl_cmd(
         aug=cvrl_settings(crop, flip, jitter, gray, blur),
         per_frame_aug=per_frame_aug,
         workers=workers,
+        timeout_s=timeout,
         seed=seed,
         device=device,
         save_every=save_every,
@@ -181,7 +185,10 @@ def svt_cmd(
     steps: int | None = typer.Option(None, help="Optimiser steps (overrides --epochs)."),
     lr: float | None = typer.Option(None, help="Peak learning rate [5e-4]."),
     momentum_teacher: float | None = typer.Option(None, help="Starting EMA momentum, rises to 1 [0.996]."),
-    workers: int | None = typer.Option(None, help="Decoding processes per rank [2]."),
+    workers: int | None = typer.Option(None, help="Decoding processes per rank [default: 2]."),
+    timeout: float | None = typer.Option(
+        None, help="Seconds a video may take to decode before it is skipped as unreadable [default: 300]."
+    ),
     seed: int | None = typer.Option(None, help="Seed of weights and view sampling [0]."),
     device: str | None = typer.Option(None, help="auto, cpu or cuda [auto]."),
     save_every: int | None = typer.Option(None, help="Steps between saves of the resumable state [200]."),
@@ -206,6 +213,7 @@ def svt_cmd(
         lr=lr,
         momentum_teacher=momentum_teacher,
         workers=workers,
+        timeout_s=timeout,
         seed=seed,
         device=device,
         save_every=save_every,

@@ -297,3 +297,23 @@ def test_one_process_equals_two(tiny_dataset: Path, tmp_path: Path) -> None:
     a, b = (torch.load(state_path(Path(d["svt"])), weights_only=True)["center"] for d in (one, two))
     torch.testing.assert_close(b, a, rtol=1e-7, atol=1e-10)
     assert a.abs().sum() > 0
+
+
+def test_a_hanging_video_is_skipped_after_its_deadline(tiny_dataset: Path, tmp_path: Path) -> None:
+    """A named pipe nobody writes to blocks the decoder's open forever: the dataset gives up on it after its
+    deadline, records it as unreadable and returns the next video's views, so the rank goes on."""
+    import time
+
+    from vcache.pretrain.data import ClipDataset
+
+    fifo = tmp_path / "stuck.mp4"
+    os.mkfifo(fifo)
+    paths = [str(fifo), *list_videos(tiny_dataset)[:2]]
+    cfg = CVRLConfig(backbone="r3d_18_narrow", clip_frames=4, frame_stride=1, input_size=32)
+    pre = build_backbone("r3d_18_narrow").preprocessing
+    ds = ClipDataset(paths, cvrl_plan(cfg, 4, 1, 32), pre, seed=0, timeout_s=1.0)
+    t0 = time.perf_counter()
+    views = ds[(0, 0)]
+    assert time.perf_counter() - t0 < 30
+    assert len(views) == 2 and views[0].shape == (3, 4, 32, 32)
+    assert ds._bad == {0}  # the pipe is skipped from now on

@@ -105,6 +105,7 @@ class CVRLConfig:
     aug: AugSettings = field(default_factory=cvrl_settings)
     per_frame_aug: bool = False
     workers: int = 2
+    timeout_s: float = 300.0  # a video that decodes longer is skipped as unreadable
     seed: int = 0
     device: str = "auto"
     save_every: int = 200  # steps between training-state saves
@@ -244,7 +245,7 @@ def train_cvrl(
             model,
             device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None,
         )
-    dataset = ClipDataset(paths, make_plan(cfg, frames, stride, size), pre, cfg.seed)
+    dataset = ClipDataset(paths, make_plan(cfg, frames, stride, size), pre, cfg.seed, cfg.timeout_s)
     sampler = GlobalBatchSampler(len(paths), cfg.batch_size, total, start, ctx.rank, ctx.world, cfg.seed)
     loader = make_loader(dataset, sampler, cfg.workers)
 

@@ -10,6 +10,7 @@ rank order, so one process with batch B and two with B/2 each see the same batch
 from __future__ import annotations
 
 import sys
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +20,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from vcache.data.records import Reason
 from vcache.data.video import VideoError, decode_frames, probe
 from vcache.models import Preprocessing
 from vcache.pretrain.augment import AugParams, apply_aug
@@ -75,8 +77,16 @@ class ClipDataset(torch.utils.data.Dataset):
     once on stderr, so one corrupt file does not stop a run.
     """
 
-    def __init__(self, paths: Sequence[str], plan: PlanFn, preprocessing: Preprocessing, seed: int) -> None:
+    def __init__(
+        self,
+        paths: Sequence[str],
+        plan: PlanFn,
+        preprocessing: Preprocessing,
+        seed: int,
+        timeout_s: float = 300.0,
+    ) -> None:
         self.paths = list(paths)
+        self.timeout_s = float(timeout_s)
         self.plan = plan
         self.mean = torch.tensor(preprocessing.mean).view(1, 3, 1, 1)
         self.std = torch.tensor(preprocessing.std).view(1, 3, 1, 1)
@@ -95,7 +105,7 @@ class ClipDataset(torch.utils.data.Dataset):
             if i in self._bad:
                 continue
             try:
-                return self._views(epoch, i)
+                return with_deadline(lambda i=i: self._views(epoch, i), self.timeout_s, self.paths[i])
             except VideoError as e:
                 self._bad.add(i)
                 last = e
@@ -124,6 +134,29 @@ class ClipDataset(torch.utils.data.Dataset):
             x = (apply_aug(clip, v.params, v.size) - self.mean) / self.std  # (T, 3, S, S)
             out.append(x.permute(1, 0, 2, 3).contiguous())
         return tuple(out)
+
+
+def with_deadline(fn: Callable[[], Any], timeout_s: float, what: str) -> Any:
+    """fn() in a helper thread; a VideoError when it has not returned within `timeout_s` (a video whose
+    decoder hangs, e.g. on a named pipe or a stalled network file, is then skipped as unreadable instead of
+    stalling this rank until the collective's watchdog aborts every rank). The hung thread is a daemon and
+    is abandoned: Python cannot stop a thread blocked in C code."""
+    box: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            box["out"] = fn()
+        except BaseException as e:  # noqa: BLE001  (handed to the caller)
+            box["err"] = e
+
+    t = threading.Thread(target=run, daemon=True, name=f"decode {what}")
+    t.start()
+    t.join(timeout_s)
+    if t.is_alive():
+        raise VideoError(Reason.TIMED_OUT, f"no result after {timeout_s:g} s")
+    if "err" in box:
+        raise box["err"]
+    return box["out"]
 
 
 class GlobalBatchSampler(torch.utils.data.Sampler):

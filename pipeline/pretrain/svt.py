@@ -86,6 +86,7 @@ class SVTConfig:
     clip_grad: float = 3.0
     freeze_last_layer_epochs: float = 1.0
     workers: int = 2
+    timeout_s: float = 300.0  # a video that decodes longer is skipped as unreadable
     seed: int = 0
     device: str = "auto"
     save_every: int = 200
@@ -273,7 +274,7 @@ def train_svt(
             student,
             device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None,
         )
-    dataset = ClipDataset(paths, make_plan(cfg), student.backbone.preprocessing, cfg.seed)
+    dataset = ClipDataset(paths, make_plan(cfg), student.backbone.preprocessing, cfg.seed, cfg.timeout_s)
     loader = make_loader(
         dataset,
         GlobalBatchSampler(len(paths), cfg.batch_size, total, start, ctx.rank, ctx.world, cfg.seed),
