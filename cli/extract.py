@@ -171,6 +171,11 @@ def extract_cmd(
             f"[yellow]note:[/] {backbone} has random weights (init seed {init_seed}): features of an "
             "untrained network, not of a pretrained one; --checkpoint loads trained weights"
         )
+    if getattr(model, "preprocessing_declared", True) is False:
+        console.print(
+            f"[yellow]note:[/] {backbone} declares no preprocessing: Kinetics mean/std, "
+            f"{pre.input_size} px, {pre.clip_frames} frames at stride {pre.frame_stride} (docs/models.md)"
+        )
     families = _class_families(videos, annotations)
     settings = CropSettings(
         mode=mode,

@@ -163,6 +163,10 @@ def build_backbone(
     if ck is not None and ck["backbone"] == name:
         kwargs = {**ck["config"].get("backbone_kwargs", {}), **kwargs}
     model = construct(name, **kwargs)
+    declared = getattr(model, "declared_weights", None)  # a user's module that loaded its own weights
+    if ck is None and declared:
+        model.checkpoint = declared
+        model.checkpoint_sha256 = file_sha256(declared) if Path(declared).is_file() else None
     if ck is not None:
         _load_weights(
             model,

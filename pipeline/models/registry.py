@@ -65,12 +65,26 @@ class MapBackbone(VideoBackbone):
     """Wraps a user's ``nn.Module`` that maps ``(B, 3, T, H, W)`` clips to ``(B, C, T', H', W')`` maps.
 
     Its preprocessing is the module's ``preprocessing`` attribute (a Preprocessing or a dict) when it has
-    one, else the Kinetics defaults (our choice). Checkpoints hold the wrapped module's own state dict.
+    one, else the Kinetics defaults (our choice; recorded as such in the store's ``backbone.source`` and
+    warned about at extraction). A module that loads its own weights names the file in a ``checkpoint``
+    attribute: it is recorded with its sha256 like a ``--checkpoint``. Checkpoints hold the wrapped module's
+    own state dict.
     """
 
     def __init__(self, net: nn.Module, preprocessing: Preprocessing | None = None) -> None:
         super().__init__(preprocessing or kinetics_preprocessing())
         self.net = net
+        self.preprocessing_declared = preprocessing is not None
+        declared = getattr(net, "checkpoint", None)
+        self.declared_weights = str(declared) if declared else None
+
+    def provenance(self) -> dict:
+        return {
+            "preprocessing": "the module's preprocessing attribute"
+            if self.preprocessing_declared
+            else "Kinetics defaults: the module declares no preprocessing",
+            "weights": self.declared_weights or "not declared by the module",
+        }
 
     def weights_module(self) -> nn.Module:
         return self.net
