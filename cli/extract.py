@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -133,6 +134,12 @@ def extract_cmd(
     Exit codes: 0 all videos done; 3 finished with some failed videos (recorded with reasons);
     4 more than --max-failed-fraction failed; 1 error; 2 bad option.
     """
+    from vcache.data.datasets import FORMATS
+
+    if fmt not in FORMATS:
+        raise typer.BadParameter(f"--format {fmt!r}: choose one of {', '.join(FORMATS)}")
+    rank = int(os.environ.get("RANK", "0"))
+    quiet = quiet or rank != 0  # under torchrun one progress bar (rank 0's), not one per rank
     import torch  # heavy: only once the options parsed
 
     from vcache.data.crops import CropSettings, parse_layout

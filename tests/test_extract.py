@@ -134,6 +134,8 @@ def test_cli_errors_are_one_line(tmp_path):
     assert r.exit_code == 1 and "video folder not found" in r.output and "Traceback" not in r.output
     r = CliRunner().invoke(app, ["extract", str(tmp_path), "--out", str(tmp_path / "s"), "--mode", "bogus"])
     assert r.exit_code == 2 and "bogus" in r.output
+    r = CliRunner().invoke(app, ["extract", str(tmp_path), "--out", str(tmp_path / "s"), "--format", "ucf"])
+    assert r.exit_code == 2 and "ucf101" in r.output  # a bad option is exit 2, as the README says
     r = CliRunner().invoke(app, ["inspect", str(tmp_path)])
     assert r.exit_code == 1 and "not a vcache store" in r.output
 
