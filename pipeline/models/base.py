@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-# torchvision's Kinetics-400 video weights (fixtures/torchvision-video-state-dicts.json, DESIGN.md).
+# torchvision's Kinetics-400 video weights: their transforms' mean/std (tests/data has their state-dict keys).
 KINETICS_MEAN = (0.43216, 0.394666, 0.37645)
 KINETICS_STD = (0.22803, 0.22145, 0.216989)
 
