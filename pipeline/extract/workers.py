@@ -8,6 +8,12 @@ decord can hang in native code on a bad file. Each worker has its own task and r
 parent knows which video each worker holds and since when: when a video passes its deadline the worker is
 killed (which corrupts nothing shared), the video is recorded as failed "timed out", and a fresh worker
 takes its place. A worker that dies (a native crash) is handled the same way.
+
+Workers never outlive the process that started them, whatever signal ends it (SIGKILL included): on Linux
+each worker asks the kernel for SIGKILL when its parent thread dies (prctl PR_SET_PDEATHSIG), and on every
+platform a watch thread in the worker exits once its parent pid changes (re-parented: the parent is gone).
+The parent-death signal fires when the *thread* that started the worker ends; workers are started by the
+pool's constructor (the caller's thread) or by its manager thread, which lives until the pool is closed.
 """
 
 from __future__ import annotations
@@ -15,6 +21,8 @@ from __future__ import annotations
 import multiprocessing as mp
 import os
 import queue
+import signal
+import sys
 import threading
 import time
 from collections import deque
@@ -85,7 +93,31 @@ def decode_task(task: DecodeTask) -> DecodeResult:
 _READY = "ready"
 
 
-def _worker_main(tasks: Connection, results: Connection) -> None:
+_PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
+
+
+def _die_with_parent(parent_pid: int, poll_s: float = 1.0) -> None:
+    """Make this worker end with its parent (see the module docstring)."""
+    if sys.platform.startswith("linux"):
+        try:
+            import ctypes
+
+            ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
+        except (OSError, AttributeError):
+            pass  # no prctl: the watch below still ends the worker
+    if os.getppid() != parent_pid:  # the parent died before the signal was armed
+        os._exit(1)
+
+    def watch() -> None:
+        while os.getppid() == parent_pid:
+            time.sleep(poll_s)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="vcache-parent-watch", daemon=True).start()
+
+
+def _worker_main(tasks: Connection, results: Connection, parent_pid: int) -> None:
+    _die_with_parent(parent_pid)
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     results.send(_READY)  # imports done: deadlines start counting only from here
     while True:
@@ -102,7 +134,9 @@ class _Worker:
     def __init__(self, ctx: mp.context.BaseContext):
         self.tasks_r, self.tasks_w = ctx.Pipe(duplex=False)
         self.results_r, self.results_w = ctx.Pipe(duplex=False)
-        self.proc = ctx.Process(target=_worker_main, args=(self.tasks_r, self.results_w), daemon=True)
+        self.proc = ctx.Process(
+            target=_worker_main, args=(self.tasks_r, self.results_w, os.getpid()), daemon=True
+        )
         self.proc.start()
         # close the child's ends here, so that the child's death reads as EOF on results_r
         self.tasks_r.close()
