@@ -1,14 +1,13 @@
-"""`vcache extract`, `vcache inspect`, `vcache export`."""
+"""`vcache extract`, `vcache results`, `vcache backbones`."""
 
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import typer
 
-from vcache.cli.common import console, fail
+from vcache.cli.common import console, fail, print_warnings
 from vcache.cli.tree import app
 
 
@@ -85,6 +84,10 @@ def extract_cmd(
         1, help="Decoding processes (0 decodes in the main process, without deadline)."
     ),
     timeout: float = typer.Option(300.0, help="Seconds a video may take to decode before it is failed."),
+    max_decode_errors: int | None = typer.Option(
+        None,
+        help="Fail a video whose decoder reports more than N errors [default: keep it, with a warning].",
+    ),
     device: str = typer.Option("auto", help="auto (CUDA when there is one), cpu or cuda[:N]."),
     amp: bool = typer.Option(True, "--amp/--no-amp", help="Mixed precision on CUDA."),
     fp32: bool = typer.Option(False, "--fp32", help="Store features as float32 instead of float16."),
@@ -162,6 +165,7 @@ def extract_cmd(
         batch_size=batch_size,
         workers=workers,
         timeout_s=timeout,
+        max_decode_errors=max_decode_errors,
         device=device,
         amp=amp,
         feature_maps=feature_maps,
@@ -238,68 +242,7 @@ def _print_report(report, quiet: bool) -> None:
         if len(report.failures) > 20:
             table.add_row(f"... {len(report.failures) - 20} more", "(vcache inspect lists them)")
         console.print(table)
-
-
-@app.command("inspect")
-def inspect_cmd(
-    store: Path = typer.Argument(..., help="A store made by `vcache extract`."),
-    as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
-) -> None:
-    """Summarise a store: videos done / failed (with reasons), dims, provenance."""
-    from rich.table import Table
-
-    from vcache.store import StoreError, summary
-
-    try:
-        s = summary(store)
-    except StoreError as e:
-        fail(str(e))
-    if as_json:
-        sys.stdout.write(json.dumps(s, indent=2) + "\n")
-        return
-    t = Table(title=str(store), show_header=False)
-    t.add_column(style="bold")
-    t.add_column()
-    bb = s["backbone"] or {}
-    sm = s["sampling"] or {}
-    rows = [
-        ("videos", f"{s['videos']}: {s['done']} done, {s['failed']} failed, {s['pending']} pending"),
-        ("crops", f"{s['crops_per_video']} per video, features {s['feature_dim']}-d {s['feature_dtype']}"),
-        ("feature maps", str(s["map_shape"]) if s["map_shape"] else "no"),
-        ("shards", f"{s['shards']} of {s['videos_per_shard']} videos"),
-        (
-            "backbone",
-            f"{bb.get('name')} checkpoint={bb.get('checkpoint')} sha256={bb.get('checkpoint_sha256')}",
-        ),
-        ("preprocessing", json.dumps(bb.get("preprocessing"))),
-        ("sampling", json.dumps(sm)),
-        ("manifest", json.dumps(s["manifest"])),
-        ("classes", str(s["classes"])),
-    ]
-    if s["failure_reasons"]:
-        rows.append(("failure reasons", ", ".join(f"{k}: {v}" for k, v in s["failure_reasons"].items())))
-    for p, r in s["failed_examples"]:
-        rows.append(("  failed", f"{p} ({r})"))
-    if s["partial_files"]:
-        rows.append(("partial files", f"{s['partial_files']} (left by a killed run; a resume removes them)"))
-    for k, v in rows:
-        t.add_row(k, v)
-    console.print(t)
-
-
-@app.command("export")
-def export_cmd(
-    store: Path = typer.Argument(..., help="A store made by `vcache extract`."),
-    out: Path = typer.Argument(..., help="HDF5 file to write (same array names; attributes as JSON)."),
-) -> None:
-    """Write a store's arrays to one HDF5 file (h5py), for tools that do not read Zarr."""
-    from vcache.store import StoreError, export_h5
-
-    try:
-        export_h5(store, out)
-    except StoreError as e:
-        fail(str(e))
-    console.print(f"wrote {out}")
+    print_warnings(report.warnings, "done with warnings this run")
 
 
 @app.command("results")
@@ -336,28 +279,6 @@ def results_cmd(
     from rich.console import Console
 
     Console().print(t)
-
-
-@app.command("verify")
-def verify_cmd(
-    store: Path = typer.Argument(..., help="A store made by `vcache extract`."),
-    complete: bool = typer.Option(False, "--complete", help="Also fail when videos are still pending."),
-) -> None:
-    """Check a store: shapes and dtypes, finite done rows, valid boxes, failure reasons, provenance,
-    no half-written files. Exits 1 with a report on any problem."""
-    from vcache.store import verify
-
-    problems, counts = verify(store, require_complete=complete)
-    if problems:
-        console.print(f"[bold red]{store}: {len(problems)} problem(s)[/]", soft_wrap=True)
-        for p in problems[:50]:
-            console.print(f"  - {p}", soft_wrap=True, markup=False)
-        raise typer.Exit(1)
-    console.print(
-        f"[green]{store}: valid[/] ({counts['done']} done, {counts['failed']} failed, "
-        f"{counts['pending']} pending)",
-        soft_wrap=True,
-    )
 
 
 @app.command("backbones")

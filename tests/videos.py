@@ -131,3 +131,44 @@ def write_lying_avi(path: Path, frames: np.ndarray, claimed: int) -> Path:
     b[j + 40 : j + 44] = struct.pack("<I", claimed)
     path.write_bytes(bytes(b))
     return path
+
+
+def remux_faststart(src: Path, dst: Path) -> Path:
+    """Copy src's video packets into an mp4 with the index (moov) first, as streaming services write."""
+    with av.open(str(src)) as inp, av.open(str(dst), "w", options={"movflags": "+faststart"}) as out:
+        s_in = inp.streams.video[0]
+        s_out = out.add_stream_from_template(s_in)
+        for packet in inp.demux(s_in):
+            if packet.dts is None:
+                continue
+            packet.stream = s_out
+            out.mux(packet)
+    return dst
+
+
+def damage_packets(src: Path, dst: Path, first: int = 8, n: int = 4, seed: int = 1) -> Path:
+    """Overwrite a third of each of `n` video packets from packet `first` with noise (lengths kept)."""
+    with av.open(str(src)) as c:
+        packets = [(p.pos, p.size) for p in c.demux(c.streams.video[0]) if p.size]
+    b = bytearray(src.read_bytes())
+    rng = np.random.default_rng(seed)
+    for pos, size in packets[first : first + n]:
+        o = pos + 4 + size // 3
+        b[o : o + size // 3] = rng.integers(0, 256, size // 3, dtype=np.uint8).tobytes()
+    dst.write_bytes(bytes(b))
+    return dst
+
+
+def write_rotated(path: Path, frames: np.ndarray, degrees: int) -> Path:
+    """H.264 in mp4 with a display matrix rotating by `degrees` (what phones write)."""
+    t, h, w, _ = frames.shape
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream("libx264", rate=25)
+        stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
+        stream.set_display_rotation(degrees)
+        for f in frames:
+            for packet in stream.encode(av.VideoFrame.from_ndarray(f, format="rgb24")):
+                out.mux(packet)
+        for packet in stream.encode():
+            out.mux(packet)
+    return path

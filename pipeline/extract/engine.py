@@ -164,6 +164,7 @@ class _Job:
         self.use_amp = opts.amp and device.type == "cuda"
         self.timings = {"decode_wait": 0.0, "forward": 0.0, "write": 0.0, "worker_decode": 0.0}
         self.failures: list[tuple[str, str]] = []
+        self.warnings: list[tuple[str, str]] = []
         self.clips = 0
         self.buffers: dict[int, ShardBuffer] = {}
         self.shard_of: dict[int, int] = {}
@@ -230,7 +231,8 @@ class _Job:
                         waiting = True
                         break
                     path = self.paths[v]
-                    pool.submit(DecodeTask(v, str(self.root / path), path, self.settings))
+                    task = DecodeTask(v, str(self.root / path), path, self.settings, opts.max_decode_errors)
+                    pool.submit(task)
                 if pool.pending() == 0:
                     if waiting:  # every claimed video is decoded: run the backbone, write, claim again
                         self._forward()
@@ -299,6 +301,8 @@ class _Job:
         if res.meta.status == DONE:
             buf.boxes[buf.rows(v)] = res.boxes
             buf.flips[buf.rows(v)] = res.flips
+            if res.meta.warning:
+                self.warnings.append((self.paths[v], res.meta.warning))
         else:
             self.failures.append(
                 (self.paths[v], f"{Reason(res.meta.reason_code).name.lower()}: {res.meta.reason}")
@@ -342,6 +346,7 @@ class _Job:
             clips=self.clips,
             seconds=self.timings["total"],
             failures=self.failures,
+            warnings=self.warnings,
             timings=self.timings,
             exit_code=code,
         )

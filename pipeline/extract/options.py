@@ -16,6 +16,7 @@ class ExtractOptions:
     batch_size: int = 32  # crops per forward pass
     workers: int = 1  # decoding processes; 0 decodes in this process (no deadline)
     timeout_s: float = 300.0  # per-video decoding deadline
+    max_decode_errors: int | None = None  # fail a video with more decoder messages (None: keep, warn)
     device: str = "auto"
     amp: bool = True  # autocast on CUDA
     feature_maps: bool = False
@@ -44,5 +45,6 @@ class ExtractReport:
     clips: int
     seconds: float
     failures: list[tuple[str, str]] = field(default_factory=list)  # (path, reason) of this run's failures
+    warnings: list[tuple[str, str]] = field(default_factory=list)  # (path, warning): done but damaged
     timings: dict[str, float] = field(default_factory=dict)
     exit_code: int = EXIT_OK

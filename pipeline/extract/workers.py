@@ -33,7 +33,7 @@ import numpy as np
 
 from vcache.data.crops import CropSettings, cut, decode_size, sample_crops
 from vcache.data.records import DONE, FAILED, Reason, VideoMeta
-from vcache.data.video import VideoError, decode_frames, probe
+from vcache.data.video import VideoError, VideoInfo, capture_stderr, decode_frames, probe, warnings_for
 
 
 @dataclass
@@ -42,6 +42,7 @@ class DecodeTask:
     path: str  # file to open
     key: str  # the video's relative path: seeds its crops
     settings: CropSettings
+    max_decode_errors: int | None = None  # more decoder messages than this: the video fails
 
 
 @dataclass
@@ -53,30 +54,53 @@ class DecodeResult:
     flips: np.ndarray | None = None  # (K,) bool
     seconds: float = 0.0
     timings: dict = field(default_factory=dict)
+    info: VideoInfo | None = None  # the probe, until the warnings are made (not sent back)
+    notes: list[str] = field(default_factory=list)
 
 
 def decode_task(task: DecodeTask) -> DecodeResult:
-    """Decode one video into its crops. Never raises: a bad video becomes a failed result with a reason."""
+    """Decode one video into its crops. Never raises: a bad video becomes a failed result with a reason.
+    FFmpeg's messages are captured (vcache.data.video.capture_stderr) and become the video's record."""
     t_start = time.perf_counter()
+    with capture_stderr() as messages:
+        res = _decode(task)
+    if res.meta.status == DONE:
+        info, decoded = res.info, res.meta.decoded_frames
+        res.meta.decode_errors = len(messages)
+        res.meta.warning = "; ".join(warnings_for(info, decoded, messages) + res.notes)[:300]
+        limit = task.max_decode_errors
+        if limit is not None and len(messages) > limit:
+            text = f"{len(messages)} decoder errors (over --max-decode-errors {limit}): {res.meta.warning}"
+            meta = VideoMeta(status=FAILED, reason_code=int(Reason.DECODE_ERROR), reason=text[:200])
+            meta.decode_errors, meta.warning = len(messages), res.meta.warning
+            res = DecodeResult(task.index, meta)
+        res.info = None
+    elif messages:
+        res.meta.decode_errors = len(messages)
+    res.seconds = time.perf_counter() - t_start
+    return res
+
+
+def _decode(task: DecodeTask) -> DecodeResult:
     s = task.settings
     try:
         info = probe(task.path)
         crops = sample_crops(s, task.key, info.num_frames, info.height, info.width)
         dh, dw = decode_size(crops, info.height, info.width, s.input_size)
         needed = np.unique(np.concatenate([c.frames for c in crops]))
-        frames, decoded = decode_frames(task.path, needed, dh, dw, info.num_frames)
+        notes: list[str] = []
+        frames, decoded = decode_frames(task.path, needed, dh, dw, info.num_frames, notes)
         out = np.empty((len(crops), s.clip_frames, s.input_size, s.input_size, 3), dtype=np.uint8)
         for i, c in enumerate(crops):
             clip = np.stack([frames[int(f)] for f in c.frames])
             out[i] = cut(clip, c.box, c.flip, s.input_size)
     except VideoError as e:
-        meta = VideoMeta(status=FAILED, reason_code=int(e.code), reason=e.text)
-        return DecodeResult(task.index, meta, seconds=time.perf_counter() - t_start)
+        return DecodeResult(task.index, VideoMeta(status=FAILED, reason_code=int(e.code), reason=e.text))
     except Exception as e:  # anything unexpected still must not stop the run
         meta = VideoMeta(
             status=FAILED, reason_code=int(Reason.DECODE_ERROR), reason=f"{type(e).__name__}: {e}"[:200]
         )
-        return DecodeResult(task.index, meta, seconds=time.perf_counter() - t_start)
+        return DecodeResult(task.index, meta)
     meta = VideoMeta(
         status=DONE,
         num_frames=info.num_frames,
@@ -84,10 +108,11 @@ def decode_task(task: DecodeTask) -> DecodeResult:
         fps=info.fps,
         height=info.height,
         width=info.width,
+        rotation=info.rotation,
     )
     boxes = np.stack([c.box for c in crops]).astype(np.float32)
     flips = np.array([c.flip for c in crops], dtype=bool)
-    return DecodeResult(task.index, meta, out, boxes, flips, seconds=time.perf_counter() - t_start)
+    return DecodeResult(task.index, meta, out, boxes, flips, info=info, notes=notes)
 
 
 _READY = "ready"

@@ -10,6 +10,9 @@ Layout (N videos, K crops per video, D feature dims):
     videos/num_frames  (N,)   int32    frames counted from the packet index (what crops are sampled on)
     videos/decoded_frames (N,) int32   frames that actually decoded (may be fewer; see vcache.data.video)
     videos/fps, videos/height, videos/width
+    videos/decode_errors (N,) int32    decoder messages while decoding the video (since store 1.1)
+    videos/rotation    (N,)   int16    display-matrix rotation, degrees ccw, recorded not applied (1.1)
+    videos/warnings    (N,)   str      done but damaged: truncated, decoder errors, rotation (1.1)
     crops/features     (N*K, D)    float16 by default, pooled backbone feature per crop
     crops/boxes        (N*K, 6)    float32 t0, t1, y0, x0, y1, x1 in [0, 1] of the original frame
     crops/flip         (N*K,)      bool     horizontal flip applied before the backbone
@@ -21,6 +24,9 @@ writes one whole shard at a time, crops first and the per-video status last, so 
 entirely pending or entirely finished (done or failed): a killed run resumes by redoing the shards
 that still hold pending videos, and two writers never touch the same file as long as they own
 different shards.
+
+The arrays marked 1.1 are absent from older stores, which stay readable (they read as 0 and ""); a resumed
+older store does not get them.
 """
 
 from __future__ import annotations
@@ -58,6 +64,10 @@ _META_ARRAYS = {
     "height": ("int32", 0),
     "width": ("int32", 0),
 }
+
+
+# Per-video arrays of newer stores (optional when reading: see the module docstring).
+_RECORD_ARRAYS = {"decode_errors": ("int32", 0), "rotation": ("int16", 0)}
 
 
 def manifest_hash(paths: list[str], labels: list[int] | np.ndarray) -> str:
@@ -116,7 +126,14 @@ class FeatureStore:
         return self.group["videos/label"][:]
 
     def meta(self, name: str) -> np.ndarray:
+        if name in _RECORD_ARRAYS and name not in self.group["videos"]:
+            return np.zeros(self.n_videos, dtype=_RECORD_ARRAYS[name][0])  # an older store
         return self.group[f"videos/{name}"][:]
+
+    def warnings(self) -> list[str]:
+        if "warnings" not in self.group["videos"]:
+            return [""] * self.n_videos
+        return [str(w) for w in self.group["videos/warnings"][:]]
 
     def reasons(self) -> list[str]:
         return [str(r) for r in self.group["videos/reason"][:]]
@@ -162,10 +179,11 @@ class FeatureStore:
         v["reason"][vids.start : vids.stop] = np.array([m.reason[:200] for m in metas], dtype=object).astype(
             str
         )
-        for name in _META_ARRAYS:
-            if name == "status":
-                continue
-            v[name][vids.start : vids.stop] = np.array([getattr(m, name) for m in metas])
+        for name in (*_META_ARRAYS, *_RECORD_ARRAYS):
+            if name != "status" and name in v:
+                v[name][vids.start : vids.stop] = np.array([getattr(m, name) for m in metas])
+        if "warnings" in v:
+            v["warnings"][vids.start : vids.stop] = np.array([m.warning[:300] for m in metas], dtype=str)
         v["status"][vids.start : vids.stop] = np.array([m.status for m in metas], dtype=np.uint8)
 
     def update_attrs(self, **kv: Any) -> None:
@@ -248,9 +266,10 @@ def create_store(
     v = root.create_group("videos")
     v.create_array("path", shape=(n,), dtype=str, chunks=(n,))[:] = np.asarray(paths, dtype=str)
     v.create_array("label", shape=(n,), dtype="int32", chunks=(n,))[:] = np.asarray(labels, dtype=np.int32)
-    for name, (dt, fill) in _META_ARRAYS.items():
+    for name, (dt, fill) in {**_META_ARRAYS, **_RECORD_ARRAYS}.items():
         v.create_array(name, shape=(n,), dtype=dt, chunks=(vps,), fill_value=fill)
-    v.create_array("reason", shape=(n,), dtype=str, chunks=(vps,), fill_value="")
+    for name in ("reason", "warnings"):
+        v.create_array(name, shape=(n,), dtype=str, chunks=(vps,), fill_value="")
     c = root.create_group("crops")
     rows, srows = n * k, vps * k
     fbytes = np.dtype(feature_dtype).itemsize
@@ -271,7 +290,11 @@ def create_store(
             shards=(srows, *tail) if chunk_rows < srows else None,
             fill_value=fill,
         )
-    os.rename(tmp, final)  # atomic; fails if `path` appeared meanwhile
+    try:
+        os.rename(tmp, final)  # atomic; fails if `path` appeared meanwhile (another process won)
+    except OSError:
+        shutil.rmtree(tmp, ignore_errors=True)  # our own half of the race: leave nothing behind
+        raise
     return open_store(final, mode="r+")
 
 

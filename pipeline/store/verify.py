@@ -12,6 +12,16 @@ from vcache.data.records import DONE, FAILED, PENDING, Reason
 from vcache.store.format import StoreError, open_store
 
 
+def warned_videos(st) -> list[tuple[str, int, str]]:
+    """(path, decoder messages, warning) of every done video that decoded with damage or a note."""
+    status, errors, warns = st.status(), st.meta("decode_errors"), st.warnings()
+    return [
+        (p, int(e), w)
+        for p, s, e, w in zip(st.paths(), status, errors, warns, strict=True)
+        if s == DONE and (e or w)
+    ]
+
+
 def summary(path: str | Path) -> dict[str, Any]:
     """What `vcache inspect` prints: counts by status, failure reasons, dims and provenance."""
     st = open_store(path)
@@ -26,6 +36,7 @@ def summary(path: str | Path) -> dict[str, Any]:
         for p, c, r, s in zip(st.paths(), codes, st.reasons(), status, strict=True)
         if s == FAILED
     ][:10]
+    warned = warned_videos(st)
     return {
         "path": str(st.path),
         "videos": st.n_videos,
@@ -34,6 +45,9 @@ def summary(path: str | Path) -> dict[str, Any]:
         "pending": int((status == PENDING).sum()),
         "failure_reasons": reasons,
         "failed_examples": failed_examples,
+        "warned": len(warned),
+        "warned_examples": warned[:10],
+        "rotated": int((st.meta("rotation") != 0).sum()),
         "crops_per_video": st.crops_per_video,
         "feature_dim": st.feature_dim,
         "feature_dtype": st.attrs.get("feature_dtype"),
@@ -148,6 +162,7 @@ def verify(path: str | Path, require_complete: bool = False) -> tuple[list[str],
         "done": int((status == DONE).sum()),
         "failed": int((status == FAILED).sum()),
         "pending": int((status == PENDING).sum()),
+        "warned": len(warned_videos(st)),
     }
     if require_complete and counts["pending"]:
         problems.append(f"{counts['pending']} videos still pending")
