@@ -182,12 +182,13 @@ def extract_cmd(
         from vcache.store.lock import force_unlock as unlock
 
         console.print(f"removed {unlock(out)} lock(s) of {out}")
+    from vcache.extract.workers import WorkerStartError
     from vcache.store.lock import StoreLocked
 
     try:
         with ExtractProgress(quiet=quiet, clips_per_video=settings.k) as prog:
             report = extract(manifest, out, model, settings, opts, progress=prog)
-    except (StoreError, StoreLocked, ValueError) as e:
+    except (StoreError, StoreLocked, ValueError, WorkerStartError) as e:
         fail(str(e))
     except OSError as e:
         fail(f"cannot write the store at {out}: {e}")

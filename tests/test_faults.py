@@ -3,10 +3,13 @@ start-up crashes, damaged stores and their repair. Real processes, real files.""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
+import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -23,6 +26,7 @@ from videos import (
 )
 
 from vcache.store import DONE, FAILED, Reason, open_store, verify
+from vcache.store.lock import LOCK_DIR
 
 
 def _children(pid: int) -> list[int]:
@@ -138,3 +142,67 @@ def test_max_decode_errors_fails_damaged_videos(tmp_path):
         and "max-decode-errors" in got["c/noisy.mp4"][2]
     )
     assert got["c/good.mp4"][0] == DONE and got["c/rotated.mp4"][0] == DONE
+
+
+_ACQUIRE_AT = """
+import sys, time
+from vcache.store.lock import StoreLock, StoreLocked
+store, run_id, at = sys.argv[1], sys.argv[2], float(sys.argv[3])
+lock = StoreLock(store, (0, 1), run_id, 4)
+while time.time() < at:
+    pass
+try:
+    lock.acquire()
+    print("got", flush=True)
+    time.sleep(1.5)
+    lock.release()
+except StoreLocked:
+    print("refused", flush=True)
+"""
+
+
+def test_runs_started_at_the_same_instant_cannot_both_lock(tmp_path):
+    """Four processes acquire the whole-store lock at one wall-clock instant, twice: one wins each time.
+    500 live locks of parts j/1000 (j >= 4: none owns one of the 4 shards) make each check read 500 files,
+    as on a store written by a large SLURM array, so the check-then-write window is wide."""
+    for attempt in range(2):
+        store = tmp_path / f"s{attempt}"
+        (store / LOCK_DIR).mkdir(parents=True)
+        rec = {"run_id": "array", "host": socket.gethostname(), "pid": os.getpid(), "heartbeat": time.time()}
+        for j in range(4, 504):
+            (store / LOCK_DIR / f"{j}-of-1000.json").write_text(json.dumps({**rec, "share": [j, 1000]}))
+        at = time.time() + 5.0
+        procs = [
+            subprocess.Popen(
+                [sys.executable, "-c", _ACQUIRE_AT, str(store), f"run{i}", str(at)],
+                stdout=subprocess.PIPE,
+                text=True,
+            )
+            for i in range(4)
+        ]
+        got = [p.communicate(timeout=60)[0].strip() for p in procs]
+        assert sorted(got) == ["got", "refused", "refused", "refused"], got
+
+
+_BROKEN_WORKER_ENV = """
+import os, sys
+import numpy, torch  # this process is fine; the decoding workers it spawns die at interpreter start-up
+os.environ["PYTHONPATH"] = sys.argv[1] + os.pathsep + os.environ.get("PYTHONPATH", "")
+sys.argv = ["vcache", *sys.argv[2:]]
+from vcache.cli.app import main
+main()
+"""
+
+
+def test_workers_crashing_at_start_end_the_run_with_a_reason(tiny_dataset, tmp_path):
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "sitecustomize.py").write_text("import os\nos._exit(7)\n")  # a broken node environment
+    out = tmp_path / "s.zarr"
+    cmd = [sys.executable, "-c", _BROKEN_WORKER_ENV, str(broken), *_extract_args(tiny_dataset, out)]
+    t0 = time.monotonic()
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr[-2000:]
+    assert "crashed 4 times in a row while starting (last exit code 7)" in r.stderr, r.stderr[-2000:]
+    assert time.monotonic() - t0 < 60
+    assert not (out / LOCK_DIR).exists()  # the lock was released

@@ -209,8 +209,15 @@ class _Job:
             time.sleep(poll_s)
 
     def run(self, rank: int, world: int, progress, claims: ShardClaims) -> None:
-        store, opts = self.store, self.opts
         self.progress, self.claims, self.open_shards = progress, claims, set()
+        try:
+            self._run(rank, world)
+        finally:  # a run that stops on an error gives its unwritten shards back at once
+            for s in list(self.open_shards):
+                claims.release(s)
+
+    def _run(self, rank: int, world: int) -> None:
+        store, opts, progress = self.store, self.opts, self.progress
         if opts.retry_failed:
             _reset_failed(store, rank, world)
         if progress:

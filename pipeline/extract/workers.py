@@ -116,6 +116,14 @@ def _decode(task: DecodeTask) -> DecodeResult:
 
 
 _READY = "ready"
+MAX_START_CRASHES = 3  # workers that die before they are ready, in a row, before the run gives up
+
+
+class WorkerStartError(RuntimeError):
+    """Decoding workers keep dying while they start (a broken environment): the run cannot go on."""
+
+
+_FATAL = object()  # in the result queue: the pool gave up (see WorkerStartError)
 
 
 _PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
@@ -202,6 +210,8 @@ class DecodePool:
         self._ctx = mp.get_context("spawn")
         self.workers: list[_Worker] = [_Worker(self._ctx) for _ in range(workers)]
         self.replaced = 0
+        self.start_crashes = 0  # in a row; reset when a worker becomes ready
+        self.fatal: str | None = None
         self._stop = threading.Event()
         self._wake_r, self._wake_w = mp.Pipe(duplex=False)
         self._thread = threading.Thread(target=self._manage, name="vcache-decode-pool", daemon=True)
@@ -229,6 +239,8 @@ class DecodePool:
                 out.append(self._results.get_nowait())
             except queue.Empty:
                 break
+        if self.fatal is not None:
+            raise WorkerStartError(self.fatal)
         self._outstanding -= len(out)
         return out
 
@@ -253,8 +265,13 @@ class DecodePool:
                     i = starting[c]
                     try:
                         self.workers[i].ready = c.recv() == _READY
-                    except (EOFError, OSError):  # died while starting: start another
+                        self.start_crashes = 0
+                    except (EOFError, OSError):  # died while starting: start another, a few times
                         self.workers[i].kill()
+                        self.start_crashes += 1
+                        if self.start_crashes > MAX_START_CRASHES:
+                            self._give_up(self.workers[i].proc.exitcode)
+                            return
                         self.workers[i] = _Worker(self._ctx)
                     continue
                 i = busy[c]
@@ -271,6 +288,14 @@ class DecodePool:
                     self._results.put(
                         self._replace(i, Reason.TIMED_OUT, f"timed out after {self.timeout_s:g} s")
                     )
+
+    def _give_up(self, exitcode: int | None) -> None:
+        self.fatal = (
+            f"decoding workers crashed {self.start_crashes} times in a row while starting (last exit code "
+            f"{exitcode}), so no video can be decoded: check that `python -c 'import numpy, av, decord'` "
+            "works in this environment. Shards written before are kept; rerun the same command to resume"
+        )
+        self._results.put(_FATAL)  # wakes a caller blocked in get()
 
     def _replace(self, i: int, reason: Reason, text: str) -> DecodeResult:
         w = self.workers[i]
