@@ -94,6 +94,9 @@ def extract_cmd(
     videos_per_shard: int = typer.Option(64, help="Videos per store shard (the unit written and resumed)."),
     overwrite: bool = typer.Option(False, help="Delete an existing store at --out and start again."),
     retry_failed: bool = typer.Option(False, help="Retry videos that failed in an earlier run."),
+    repair: bool = typer.Option(
+        False, help="Redo the shards `vcache verify` finds damaged (checksum mismatch or unreadable)."
+    ),
     max_failed_fraction: float = typer.Option(
         0.1, help="Exit with code 4 when more than this fraction of the videos failed."
     ),
@@ -173,6 +176,7 @@ def extract_cmd(
         videos_per_shard=videos_per_shard,
         overwrite=overwrite,
         retry_failed=retry_failed,
+        repair=repair,
         max_failed_fraction=max_failed_fraction,
         part=_parse_part(part),
     )
@@ -234,6 +238,8 @@ def _print_report(report, quiet: bool) -> None:
         f"in {report.seconds:.1f} s ({rate:.1f} clips/s; forward {t.get('forward', 0):.1f} s, "
         f"waiting for decode {t.get('decode_wait', 0):.1f} s, store writes {t.get('write', 0):.2f} s)"
     )
+    for shard, why in sorted(report.repaired.items()):
+        console.print(f"repaired shard {shard}: {why}", soft_wrap=True, markup=False)
     if report.failures:
         table = Table(title="failed this run", show_lines=False)
         table.add_column("video")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -14,7 +15,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from test_reliability import VC, _extract_args, _run, _stuck_dataset
+from test_reliability import VC, _assert_same_store, _extract_args, _run, _stuck_dataset
 from videos import (
     damage_packets,
     gradient_video,
@@ -206,3 +207,26 @@ def test_workers_crashing_at_start_end_the_run_with_a_reason(tiny_dataset, tmp_p
     assert "crashed 4 times in a row while starting (last exit code 7)" in r.stderr, r.stderr[-2000:]
     assert time.monotonic() - t0 < 60
     assert not (out / LOCK_DIR).exists()  # the lock was released
+
+
+def test_verify_finds_damaged_chunks_and_repair_redoes_exactly_those_shards(tiny_dataset, tmp_path):
+    out = tmp_path / "s.zarr"
+    _run(*_extract_args(tiny_dataset, out))
+    ref = tmp_path / "ref.zarr"
+    shutil.copytree(out, ref)
+    rng = np.random.default_rng(0)
+    (out / "crops/features/c/1/0").unlink()  # deleted: reads back as zeros
+    boxes = out / "crops/boxes/c/3/0"
+    boxes.write_bytes(boxes.read_bytes()[: boxes.stat().st_size // 2])  # truncated
+    frames = out / "videos/num_frames/c/4"
+    frames.write_bytes(rng.integers(0, 256, frames.stat().st_size, dtype=np.uint8).tobytes())  # noise
+    (out / "videos/status/c/5").unlink()  # the status lost: the shard reads as pending
+    problems, _ = verify(out)
+    damaged = sorted(int(m) for m in re.findall(r"shard (\d+) \(", " ".join(problems)))
+    assert damaged == [1, 3, 4, 5], problems
+    r = _run("verify", str(out), check=False)
+    assert r.returncode == 1 and "checksum mismatch" in r.stderr and "Traceback" not in r.stderr
+    r = _run(*_extract_args(tiny_dataset, out, "--repair"))
+    assert "this run 4 videos" in r.stderr and r.stderr.count("repaired shard") == 4, r.stderr
+    assert verify(out, require_complete=True)[0] == []
+    _assert_same_store(ref, out)

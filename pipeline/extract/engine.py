@@ -43,6 +43,7 @@ from vcache.store import (
     Reason,
 )
 from vcache.store.lock import ShardClaims, StoreLock, StoreLocked, new_run_id
+from vcache.store.verify import damaged_shards, mark_for_repair
 
 
 def dist_rank_world() -> tuple[int, int]:
@@ -119,13 +120,16 @@ def extract(
         lock.acquire()
     try:
         cleaned = clean_leftovers(out, lock) if first else 0
+        repaired = damaged_shards(store) if first and opts.repair else {}
+        if repaired:
+            mark_for_repair(store, sorted(repaired))
         dist.barrier()
         if store is None:
             store = open_or_create(*args, map_shape)
             lock = StoreLock(out, (rank, world), run_id, store.n_shards)
             lock.acquire()
         job = _Job(store, manifest, backbone, settings, opts, device, map_shape)
-        job.cleaned = cleaned
+        job.cleaned, job.repaired = cleaned, repaired
         job.run(rank, world, progress, ShardClaims(lock))
         if dist.active:
             job.wait_for_claims()
@@ -174,6 +178,7 @@ class _Job:
         self.progress: Callable[[str, dict[str, Any]], None] | None = None
         self.todo: list[int] = []
         self.cleaned = 0
+        self.repaired: dict[int, str] = {}
         self.open_shards: set[int] = set()  # claimed, not yet written
         self.claims: ShardClaims | None = None
 
@@ -356,6 +361,7 @@ class _Job:
             warnings=self.warnings,
             timings=self.timings,
             exit_code=code,
+            repaired=self.repaired,
         )
 
 

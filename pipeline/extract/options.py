@@ -24,6 +24,7 @@ class ExtractOptions:
     videos_per_shard: int = 64
     overwrite: bool = False
     retry_failed: bool = False
+    repair: bool = False  # redo the shards whose data no longer matches their recorded digest
     max_failed_fraction: float = 0.1
     part: tuple[int, int] | None = None  # (index, count): one of `count` independent processes
     barrier_timeout_s: float = 4 * 3600.0  # torchrun: how long a rank may wait for rank 0's store creation
@@ -48,3 +49,4 @@ class ExtractReport:
     warnings: list[tuple[str, str]] = field(default_factory=list)  # (path, warning): done but damaged
     timings: dict[str, float] = field(default_factory=dict)
     exit_code: int = EXIT_OK
+    repaired: dict[int, str] = field(default_factory=dict)  # shard -> what was wrong (--repair)
