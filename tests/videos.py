@@ -172,3 +172,25 @@ def write_rotated(path: Path, frames: np.ndarray, degrees: int) -> Path:
         for packet in stream.encode():
             out.mux(packet)
     return path
+
+
+def write_audio_longer(path: Path, frames: np.ndarray, audio_s: float = 5.0) -> Path:
+    """H.264 video plus an AAC track that goes on for `audio_s` seconds after the video ends."""
+    t, h, w, _ = frames.shape
+    with av.open(str(path), "w") as out:
+        video = out.add_stream("libx264", rate=25)
+        video.width, video.height, video.pix_fmt = w, h, "yuv420p"
+        audio = out.add_stream("aac", rate=16000)
+        for f in frames:
+            for packet in video.encode(av.VideoFrame.from_ndarray(f, format="rgb24")):
+                out.mux(packet)
+        for packet in video.encode():
+            out.mux(packet)
+        for i in range(int(16000 * audio_s) // 1024):
+            frame = av.AudioFrame.from_ndarray(np.zeros((1, 1024), np.float32), format="fltp", layout="mono")
+            frame.sample_rate, frame.pts = 16000, i * 1024
+            for packet in audio.encode(frame):
+                out.mux(packet)
+        for packet in audio.encode():
+            out.mux(packet)
+    return path

@@ -64,7 +64,11 @@ def probe(path: str) -> VideoInfo:
     import av
 
     if not os.path.exists(path):
+        if os.path.islink(path):
+            raise VideoError(Reason.MISSING, "broken or looping symbolic link")
         raise VideoError(Reason.MISSING, "file not found")
+    if os.path.isdir(path):
+        raise VideoError(Reason.UNREADABLE, "a folder, not a video file")
     if os.path.isfile(path) and os.path.getsize(path) == 0:
         raise VideoError(Reason.UNREADABLE, "empty file")
     try:
@@ -95,6 +99,8 @@ def probe(path: str) -> VideoInfo:
         raise
     except Exception as e:  # PyAV raises many types (InvalidDataError, OSError, ...)
         raise VideoError(Reason.UNREADABLE, f"{type(e).__name__}: {str(e)[:120]}") from e
+    if count == 0 and claimed:
+        raise VideoError(Reason.ZERO_FRAMES, f"the index lists {claimed} frames but the file holds no data")
     if count == 0:
         raise VideoError(Reason.ZERO_FRAMES, "video stream has no frames")
     if height <= 0 or width <= 0:
@@ -209,8 +215,10 @@ def _iter_segments(
                     break
             if good:
                 yield seg[: len(good)], np.stack(good)
-            yield seg[len(good) :], None  # the first frame that failed
-            return
+            if len(good) < len(seg):
+                yield seg[len(good) :], None  # the first frame that failed
+                return
+            continue  # the batch call failed but every frame read alone (seen on 1-pixel-wide video)
         yield seg, batch
     if len(usable) < len(wanted):
         yield np.array([known]), None  # the decoder knows no frame from `known` on
@@ -246,7 +254,8 @@ def _open_reader(path: str, height: int, width: int, probe_index: int):
 
     decord 0.6 fails to copy out frames of some resized widths ("The size must exactly match"; seen here at
     widths 2-4, 6, 8, 12, 16, 24, 48 and 72), so when the first frame does not come out, the next widths are
-    tried: the crops use normalised boxes, so a pixel more or less changes nothing else.
+    tried: the crops use normalised boxes, so a pixel more or less changes nothing else. When none works
+    (a 1-pixel-wide video), VideoError makes `decode_frames` decode with PyAV instead.
     """
     import decord
 
@@ -260,8 +269,8 @@ def _open_reader(path: str, height: int, width: int, probe_index: int):
             frame = reader.get_batch([min(probe_index, max(0, len(reader) - 1))]).asnumpy()
         except Exception:
             continue
-        if frame.shape[-1] != 3:
+        if frame.shape[1:] != (height, w, 3):
             continue
         reader.seek(0)
         return reader
-    return decord.VideoReader(path, width=width, height=height, num_threads=1)  # fails later, with a reason
+    raise VideoError(Reason.UNREADABLE, f"decord gives no well-formed {height}x{width} frame")  # PyAV then
