@@ -81,12 +81,14 @@ def test_workers_die_with_a_sigkilled_extract(tiny_dataset, tmp_path):
             time.sleep(0.1)
         assert workers, "no decoding worker seen"
         time.sleep(1.0)
+        workers = _children(p.pid)  # the decoding worker and multiprocessing's resource tracker
         p.send_signal(signal.SIGKILL)
         p.wait()
         t0 = time.monotonic()
         while any(_alive(w) for w in workers) and time.monotonic() - t0 < 5:
             time.sleep(0.05)
-        assert not any(_alive(w) for w in workers), "a decoding worker outlived its extract process"
+        left = [_cmdline(w)[:120] for w in workers if _alive(w)]
+        assert not left, f"outlived their extract process: {left}"
     finally:
         if p.poll() is None:
             p.kill()
@@ -178,7 +180,7 @@ def test_runs_started_at_the_same_instant_cannot_both_lock(tmp_path):
         rec = {"run_id": "array", "host": socket.gethostname(), "pid": os.getpid(), "heartbeat": time.time()}
         for j in range(4, 504):
             (store / LOCK_DIR / f"{j}-of-1000.json").write_text(json.dumps({**rec, "share": [j, 1000]}))
-        at = time.time() + 5.0
+        at = time.time() + 4.0  # past the imports of all four
         procs = [
             subprocess.Popen(
                 [sys.executable, "-c", _ACQUIRE_AT, str(store), f"run{i}", str(at)],

@@ -376,3 +376,5 @@ def _reset_failed(store: FeatureStore, rank: int, world: int) -> None:
             store.group["videos/status"][vids.start : vids.stop] = np.where(
                 status[vids.start : vids.stop] == FAILED, PENDING, status[vids.start : vids.stop]
             ).astype(np.uint8)
+            if "shards" in store.group:  # rewritten by this run; until then it has no valid digest
+                store.group["shards/digest"][s] = ""
