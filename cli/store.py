@@ -26,6 +26,8 @@ def inspect_cmd(
         s = summary(store)
     except StoreError as e:
         fail(str(e))
+    except Exception as e:  # a damaged chunk: zarr / numcodecs raise several types
+        fail(f"{store}: cannot read ({type(e).__name__}: {e}); `vcache verify {store}` finds the damage")
     if as_json:
         sys.stdout.write(json.dumps(s, indent=2) + "\n")
         return

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -12,27 +13,31 @@ from vcache.data.records import DONE, FAILED, PENDING, Reason
 from vcache.store.format import FeatureStore, StoreError, manifest_hash, open_store, shard_digest
 
 
-def damaged_shards(st: FeatureStore) -> dict[int, str]:
-    """Shards whose data no longer matches the digest recorded when they were written: a chunk file
-    deleted (it reads back as fill values), truncated or overwritten (it fails to decode or reads back
-    different). Stores made before digests existed (no `shards/digest`) give {}."""
-    if "shards" not in st.group:
-        return {}
+def damaged_shards(st: FeatureStore, visit: Callable[[int, dict], None] | None = None) -> dict[int, str]:
+    """Shards whose chunks no longer decode, or whose data no longer matches the digest recorded when they
+    were written: a chunk file deleted (it reads back as fill values), truncated or overwritten. Stores made
+    before digests existed (no `shards/digest`) get the decoding check only. `visit(shard, data)` is called
+    with every readable shard's arrays, so `verify` reads the store once."""
+    has_digests = "shards" in st.group
     out: dict[int, str] = {}
     for s in range(st.n_shards):
         try:
             data = st.shard_data(s)
-            digest = str(st.group["shards/digest"][s])
+            digest = str(st.group["shards/digest"][s]) if has_digests else None
         except Exception as e:  # zarr / numcodecs raise several types for a damaged chunk
             out[s] = f"unreadable ({type(e).__name__}: {str(e)[:80]})"
             continue
         pending = (data["videos/status"] == PENDING).all()
-        if pending and digest:
+        if digest is None:
+            pass
+        elif pending and digest:
             out[s] = "marked pending but has a checksum (its status chunk was lost, or its write was killed)"
         elif not pending and not digest:
             out[s] = "finished but has no checksum"
         elif digest and shard_digest(data) != digest:
             out[s] = "checksum mismatch (a chunk file deleted, truncated or overwritten)"
+        if visit is not None:
+            visit(s, data)
     return out
 
 
@@ -41,7 +46,8 @@ def mark_for_repair(st: FeatureStore, shards: list[int]) -> None:
     for s in shards:
         v = st.shard_videos(s)
         st.group["videos/status"][v.start : v.stop] = np.zeros(len(v), dtype=np.uint8)
-        st.group["shards/digest"][s] = ""
+        if "shards" in st.group:
+            st.group["shards/digest"][s] = ""
 
 
 def _span(st: FeatureStore, s: int, paths: list[str]) -> str:
@@ -169,16 +175,12 @@ def verify(path: str | Path, require_complete: bool = False) -> tuple[list[str],
     if a.get("manifest_hash") and manifest_hash(paths, labels) != a["manifest_hash"]:
         problems.append("videos/path or videos/label damaged: they no longer match the manifest hash")
     status = np.full(n, 255, dtype=np.uint8)  # 255: unreadable
-    bad = damaged_shards(st)
-    problems += [f"shard {s} ({_span(st, s, paths)}) damaged: {why}" for s, why in bad.items()]
-    for s in range(st.n_shards):
-        if s in bad and bad[s].startswith("unreadable"):
-            continue
+
+    def check(s: int, data: dict) -> None:
         v = st.shard_videos(s)
-        data = st.shard_data(s)
         sv = status[v.start : v.stop] = data["videos/status"]
         codes, reasons = data["videos/reason_code"], [str(r) for r in data["videos/reason"].tolist()]
-        problems += [f"{paths[v.start + j]}: unknown status {x}" for j, x in enumerate(sv) if x > FAILED]
+        problems.extend(f"{paths[v.start + j]}: unknown status {x}" for j, x in enumerate(sv) if x > FAILED)
         if (sv == PENDING).any() and not (sv == PENDING).all():
             problems.append(f"shard {s} is half written (some videos pending, some finished)")
         feats = data["crops/features"].astype(np.float32).reshape(len(v), k, d)
@@ -198,6 +200,9 @@ def verify(path: str | Path, require_complete: bool = False) -> tuple[list[str],
                     problems.append(f"{paths[i]}: done but has reason code {codes[j]}")
             elif sv[j] == FAILED and (codes[j] == 0 or not reasons[j]):
                 problems.append(f"{paths[i]}: failed without a reason")
+
+    bad = damaged_shards(st, check)
+    problems[:0] = [f"shard {s} ({_span(st, s, paths)}) damaged: {why}" for s, why in bad.items()]
     if "crops/maps" in g and (status == DONE).any():
         i = int(np.flatnonzero(status == DONE)[0])
         if not np.isfinite(g["crops/maps"][i * k : i * k + 1].astype(np.float32)).all():
