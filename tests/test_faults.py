@@ -318,3 +318,22 @@ def test_bad_input_suite_two(tmp_path):
     listed = load_manifest("folder", tmp_path, None).paths  # folder layout: a folder is no video; a
     assert "v/dir.mp4" not in listed and "v/with space é中.mp4" in listed  # link loop is (then failed)
     assert "v/loop_a.mp4" in listed
+
+
+def test_a_store_from_before_issue_13_stays_readable_and_resumable(tiny_dataset, tmp_path):
+    """Without videos/decode_errors, videos/rotation, videos/warnings and shards/: inspect, verify and a
+    resume all work; the resumed shards are written without the new arrays."""
+    out = tmp_path / "old.zarr"
+    _run(*_extract_args(tiny_dataset, out))
+    for name in ("videos/decode_errors", "videos/rotation", "videos/warnings", "shards"):
+        shutil.rmtree(out / name)
+    st = open_store(out, mode="r+")
+    assert "warnings" not in st.group["videos"] and "shards" not in st.group
+    st.group["videos/status"][4:6] = np.zeros(2, dtype=np.uint8)  # two shards left to do
+    r = _run(*_extract_args(tiny_dataset, out))
+    assert "this run 2 videos" in r.stderr, r.stderr
+    st = open_store(out)
+    assert (st.status() == DONE).all() and st.warnings() == [""] * 6 and not st.meta("rotation").any()
+    problems, counts = verify(out, require_complete=True)
+    assert problems == [] and counts["done"] == 6
+    assert "6 done" in _run("inspect", str(out)).stderr
