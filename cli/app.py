@@ -7,7 +7,16 @@ libraries
 
 from __future__ import annotations
 
-from vcache.cli import extract, pretrain, probe, stage2, stica, synth, tables  # noqa: F401  (each adds its commands)
+from vcache.cli import (  # noqa: F401  (each adds its commands)
+    extract,
+    pretrain,
+    probe,
+    stage2,
+    stica,
+    store,
+    synth,
+    tables,
+)
 from vcache.cli.tree import app
 
 

@@ -15,6 +15,7 @@ from rich.progress import (
     TimeElapsedColumn,
     TimeRemainingColumn,
 )
+from rich.table import Table
 
 console = Console(stderr=True)
 
@@ -70,3 +71,18 @@ class ExtractProgress:
             if self.failed:
                 rates += f" [red]{self.failed} failed[/]"
             self.progress.update(self.task, advance=1, rates=rates)
+
+
+def print_warnings(rows: list, title: str, total: int | None = None) -> None:
+    """(path, warning) or (path, errors, warning) rows: done videos that decoded with damage."""
+    if not rows:
+        return
+    table = Table(title=title, show_lines=False)
+    table.add_column("video")
+    table.add_column("warning")
+    for row in rows[:20]:
+        table.add_row(row[0], row[-1] or f"{row[1]} decoder messages")
+    more = (total if total is not None else len(rows)) - min(20, len(rows))
+    if more > 0:
+        table.add_row(f"... {more} more", "(vcache inspect --json lists 10; videos/warnings holds all)")
+    console.print(table)

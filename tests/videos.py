@@ -131,3 +131,66 @@ def write_lying_avi(path: Path, frames: np.ndarray, claimed: int) -> Path:
     b[j + 40 : j + 44] = struct.pack("<I", claimed)
     path.write_bytes(bytes(b))
     return path
+
+
+def remux_faststart(src: Path, dst: Path) -> Path:
+    """Copy src's video packets into an mp4 with the index (moov) first, as streaming services write."""
+    with av.open(str(src)) as inp, av.open(str(dst), "w", options={"movflags": "+faststart"}) as out:
+        s_in = inp.streams.video[0]
+        s_out = out.add_stream_from_template(s_in)
+        for packet in inp.demux(s_in):
+            if packet.dts is None:
+                continue
+            packet.stream = s_out
+            out.mux(packet)
+    return dst
+
+
+def damage_packets(src: Path, dst: Path, first: int = 8, n: int = 4, seed: int = 1) -> Path:
+    """Overwrite a third of each of `n` video packets from packet `first` with noise (lengths kept)."""
+    with av.open(str(src)) as c:
+        packets = [(p.pos, p.size) for p in c.demux(c.streams.video[0]) if p.size]
+    b = bytearray(src.read_bytes())
+    rng = np.random.default_rng(seed)
+    for pos, size in packets[first : first + n]:
+        o = pos + 4 + size // 3
+        b[o : o + size // 3] = rng.integers(0, 256, size // 3, dtype=np.uint8).tobytes()
+    dst.write_bytes(bytes(b))
+    return dst
+
+
+def write_rotated(path: Path, frames: np.ndarray, degrees: int) -> Path:
+    """H.264 in mp4 with a display matrix rotating by `degrees` (what phones write)."""
+    t, h, w, _ = frames.shape
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream("libx264", rate=25)
+        stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
+        stream.set_display_rotation(degrees)
+        for f in frames:
+            for packet in stream.encode(av.VideoFrame.from_ndarray(f, format="rgb24")):
+                out.mux(packet)
+        for packet in stream.encode():
+            out.mux(packet)
+    return path
+
+
+def write_audio_longer(path: Path, frames: np.ndarray, audio_s: float = 5.0) -> Path:
+    """H.264 video plus an AAC track that goes on for `audio_s` seconds after the video ends."""
+    t, h, w, _ = frames.shape
+    with av.open(str(path), "w") as out:
+        video = out.add_stream("libx264", rate=25)
+        video.width, video.height, video.pix_fmt = w, h, "yuv420p"
+        audio = out.add_stream("aac", rate=16000)
+        for f in frames:
+            for packet in video.encode(av.VideoFrame.from_ndarray(f, format="rgb24")):
+                out.mux(packet)
+        for packet in video.encode():
+            out.mux(packet)
+        for i in range(int(16000 * audio_s) // 1024):
+            frame = av.AudioFrame.from_ndarray(np.zeros((1, 1024), np.float32), format="fltp", layout="mono")
+            frame.sample_rate, frame.pts = 16000, i * 1024
+            for packet in audio.encode(frame):
+                out.mux(packet)
+        for packet in audio.encode():
+            out.mux(packet)
+    return path

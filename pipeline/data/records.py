@@ -35,3 +35,6 @@ class VideoMeta:
     fps: float = 0.0
     height: int = 0
     width: int = 0
+    decode_errors: int = 0  # decoder messages while decoding this video (captured, never printed)
+    warning: str = ""  # done but damaged: what is wrong (truncated, decoder errors, rotation)
+    rotation: int = 0  # display matrix, degrees counter-clockwise (recorded, not applied)

@@ -43,6 +43,7 @@ from vcache.store import (
     Reason,
 )
 from vcache.store.lock import ShardClaims, StoreLock, StoreLocked, new_run_id
+from vcache.store.verify import damaged_shards, mark_for_repair
 
 
 def dist_rank_world() -> tuple[int, int]:
@@ -119,13 +120,16 @@ def extract(
         lock.acquire()
     try:
         cleaned = clean_leftovers(out, lock) if first else 0
+        repaired = damaged_shards(store) if first and opts.repair else {}
+        if repaired:
+            mark_for_repair(store, sorted(repaired))
         dist.barrier()
         if store is None:
             store = open_or_create(*args, map_shape)
             lock = StoreLock(out, (rank, world), run_id, store.n_shards)
             lock.acquire()
         job = _Job(store, manifest, backbone, settings, opts, device, map_shape)
-        job.cleaned = cleaned
+        job.cleaned, job.repaired = cleaned, repaired
         job.run(rank, world, progress, ShardClaims(lock))
         if dist.active:
             job.wait_for_claims()
@@ -164,6 +168,7 @@ class _Job:
         self.use_amp = opts.amp and device.type == "cuda"
         self.timings = {"decode_wait": 0.0, "forward": 0.0, "write": 0.0, "worker_decode": 0.0}
         self.failures: list[tuple[str, str]] = []
+        self.warnings: list[tuple[str, str]] = []
         self.clips = 0
         self.buffers: dict[int, ShardBuffer] = {}
         self.shard_of: dict[int, int] = {}
@@ -173,6 +178,7 @@ class _Job:
         self.progress: Callable[[str, dict[str, Any]], None] | None = None
         self.todo: list[int] = []
         self.cleaned = 0
+        self.repaired: dict[int, str] = {}
         self.open_shards: set[int] = set()  # claimed, not yet written
         self.claims: ShardClaims | None = None
 
@@ -208,8 +214,15 @@ class _Job:
             time.sleep(poll_s)
 
     def run(self, rank: int, world: int, progress, claims: ShardClaims) -> None:
-        store, opts = self.store, self.opts
         self.progress, self.claims, self.open_shards = progress, claims, set()
+        try:
+            self._run(rank, world)
+        finally:  # a run that stops on an error gives its unwritten shards back at once
+            for s in list(self.open_shards):
+                claims.release(s)
+
+    def _run(self, rank: int, world: int) -> None:
+        store, opts, progress = self.store, self.opts, self.progress
         if opts.retry_failed:
             _reset_failed(store, rank, world)
         if progress:
@@ -230,7 +243,8 @@ class _Job:
                         waiting = True
                         break
                     path = self.paths[v]
-                    pool.submit(DecodeTask(v, str(self.root / path), path, self.settings))
+                    task = DecodeTask(v, str(self.root / path), path, self.settings, opts.max_decode_errors)
+                    pool.submit(task)
                 if pool.pending() == 0:
                     if waiting:  # every claimed video is decoded: run the backbone, write, claim again
                         self._forward()
@@ -299,6 +313,8 @@ class _Job:
         if res.meta.status == DONE:
             buf.boxes[buf.rows(v)] = res.boxes
             buf.flips[buf.rows(v)] = res.flips
+            if res.meta.warning:
+                self.warnings.append((self.paths[v], res.meta.warning))
         else:
             self.failures.append(
                 (self.paths[v], f"{Reason(res.meta.reason_code).name.lower()}: {res.meta.reason}")
@@ -342,8 +358,10 @@ class _Job:
             clips=self.clips,
             seconds=self.timings["total"],
             failures=self.failures,
+            warnings=self.warnings,
             timings=self.timings,
             exit_code=code,
+            repaired=self.repaired,
         )
 
 
@@ -358,3 +376,5 @@ def _reset_failed(store: FeatureStore, rank: int, world: int) -> None:
             store.group["videos/status"][vids.start : vids.stop] = np.where(
                 status[vids.start : vids.stop] == FAILED, PENDING, status[vids.start : vids.stop]
             ).astype(np.uint8)
+            if "shards" in store.group:  # rewritten by this run; until then it has no valid digest
+                store.group["shards/digest"][s] = ""

@@ -16,6 +16,7 @@ class ExtractOptions:
     batch_size: int = 32  # crops per forward pass
     workers: int = 1  # decoding processes; 0 decodes in this process (no deadline)
     timeout_s: float = 300.0  # per-video decoding deadline
+    max_decode_errors: int | None = None  # fail a video with more decoder messages (None: keep, warn)
     device: str = "auto"
     amp: bool = True  # autocast on CUDA
     feature_maps: bool = False
@@ -23,6 +24,7 @@ class ExtractOptions:
     videos_per_shard: int = 64
     overwrite: bool = False
     retry_failed: bool = False
+    repair: bool = False  # redo the shards whose data no longer matches their recorded digest
     max_failed_fraction: float = 0.1
     part: tuple[int, int] | None = None  # (index, count): one of `count` independent processes
     barrier_timeout_s: float = 4 * 3600.0  # torchrun: how long a rank may wait for rank 0's store creation
@@ -44,5 +46,7 @@ class ExtractReport:
     clips: int
     seconds: float
     failures: list[tuple[str, str]] = field(default_factory=list)  # (path, reason) of this run's failures
+    warnings: list[tuple[str, str]] = field(default_factory=list)  # (path, warning): done but damaged
     timings: dict[str, float] = field(default_factory=dict)
     exit_code: int = EXIT_OK
+    repaired: dict[int, str] = field(default_factory=dict)  # shard -> what was wrong (--repair)

@@ -8,6 +8,12 @@ decord can hang in native code on a bad file. Each worker has its own task and r
 parent knows which video each worker holds and since when: when a video passes its deadline the worker is
 killed (which corrupts nothing shared), the video is recorded as failed "timed out", and a fresh worker
 takes its place. A worker that dies (a native crash) is handled the same way.
+
+Workers never outlive the process that started them, whatever signal ends it (SIGKILL included): on Linux
+each worker asks the kernel for SIGKILL when its parent thread dies (prctl PR_SET_PDEATHSIG), and on every
+platform a watch thread in the worker exits once its parent pid changes (re-parented: the parent is gone).
+The parent-death signal fires when the *thread* that started the worker ends; workers are started by the
+pool's constructor (the caller's thread) or by its manager thread, which lives until the pool is closed.
 """
 
 from __future__ import annotations
@@ -15,6 +21,8 @@ from __future__ import annotations
 import multiprocessing as mp
 import os
 import queue
+import signal
+import sys
 import threading
 import time
 from collections import deque
@@ -25,7 +33,7 @@ import numpy as np
 
 from vcache.data.crops import CropSettings, cut, decode_size, sample_crops
 from vcache.data.records import DONE, FAILED, Reason, VideoMeta
-from vcache.data.video import VideoError, decode_frames, probe
+from vcache.data.video import VideoError, VideoInfo, capture_stderr, decode_frames, probe, warnings_for
 
 
 @dataclass
@@ -34,6 +42,7 @@ class DecodeTask:
     path: str  # file to open
     key: str  # the video's relative path: seeds its crops
     settings: CropSettings
+    max_decode_errors: int | None = None  # more decoder messages than this: the video fails
 
 
 @dataclass
@@ -45,30 +54,53 @@ class DecodeResult:
     flips: np.ndarray | None = None  # (K,) bool
     seconds: float = 0.0
     timings: dict = field(default_factory=dict)
+    info: VideoInfo | None = None  # the probe, until the warnings are made (not sent back)
+    notes: list[str] = field(default_factory=list)
 
 
 def decode_task(task: DecodeTask) -> DecodeResult:
-    """Decode one video into its crops. Never raises: a bad video becomes a failed result with a reason."""
+    """Decode one video into its crops. Never raises: a bad video becomes a failed result with a reason.
+    FFmpeg's messages are captured (vcache.data.video.capture_stderr) and become the video's record."""
     t_start = time.perf_counter()
+    with capture_stderr() as messages:
+        res = _decode(task)
+    if res.meta.status == DONE:
+        info, decoded = res.info, res.meta.decoded_frames
+        res.meta.decode_errors = len(messages)
+        res.meta.warning = "; ".join(warnings_for(info, decoded, messages) + res.notes)[:300]
+        limit = task.max_decode_errors
+        if limit is not None and len(messages) > limit:
+            text = f"{len(messages)} decoder errors (over --max-decode-errors {limit}): {res.meta.warning}"
+            meta = VideoMeta(status=FAILED, reason_code=int(Reason.DECODE_ERROR), reason=text[:200])
+            meta.decode_errors, meta.warning = len(messages), res.meta.warning
+            res = DecodeResult(task.index, meta)
+        res.info = None
+    elif messages:
+        res.meta.decode_errors = len(messages)
+    res.seconds = time.perf_counter() - t_start
+    return res
+
+
+def _decode(task: DecodeTask) -> DecodeResult:
     s = task.settings
     try:
         info = probe(task.path)
         crops = sample_crops(s, task.key, info.num_frames, info.height, info.width)
         dh, dw = decode_size(crops, info.height, info.width, s.input_size)
         needed = np.unique(np.concatenate([c.frames for c in crops]))
-        frames, decoded = decode_frames(task.path, needed, dh, dw, info.num_frames)
+        notes: list[str] = []
+        frames, decoded = decode_frames(task.path, needed, dh, dw, info.num_frames, notes)
         out = np.empty((len(crops), s.clip_frames, s.input_size, s.input_size, 3), dtype=np.uint8)
         for i, c in enumerate(crops):
             clip = np.stack([frames[int(f)] for f in c.frames])
             out[i] = cut(clip, c.box, c.flip, s.input_size)
     except VideoError as e:
-        meta = VideoMeta(status=FAILED, reason_code=int(e.code), reason=e.text)
-        return DecodeResult(task.index, meta, seconds=time.perf_counter() - t_start)
+        return DecodeResult(task.index, VideoMeta(status=FAILED, reason_code=int(e.code), reason=e.text))
     except Exception as e:  # anything unexpected still must not stop the run
         meta = VideoMeta(
             status=FAILED, reason_code=int(Reason.DECODE_ERROR), reason=f"{type(e).__name__}: {e}"[:200]
         )
-        return DecodeResult(task.index, meta, seconds=time.perf_counter() - t_start)
+        return DecodeResult(task.index, meta)
     meta = VideoMeta(
         status=DONE,
         num_frames=info.num_frames,
@@ -76,16 +108,49 @@ def decode_task(task: DecodeTask) -> DecodeResult:
         fps=info.fps,
         height=info.height,
         width=info.width,
+        rotation=info.rotation,
     )
     boxes = np.stack([c.box for c in crops]).astype(np.float32)
     flips = np.array([c.flip for c in crops], dtype=bool)
-    return DecodeResult(task.index, meta, out, boxes, flips, seconds=time.perf_counter() - t_start)
+    return DecodeResult(task.index, meta, out, boxes, flips, info=info, notes=notes)
 
 
 _READY = "ready"
+MAX_START_CRASHES = 3  # workers that die before they are ready, in a row, before the run gives up
 
 
-def _worker_main(tasks: Connection, results: Connection) -> None:
+class WorkerStartError(RuntimeError):
+    """Decoding workers keep dying while they start (a broken environment): the run cannot go on."""
+
+
+_FATAL = object()  # in the result queue: the pool gave up (see WorkerStartError)
+
+
+_PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
+
+
+def _die_with_parent(parent_pid: int, poll_s: float = 1.0) -> None:
+    """Make this worker end with its parent (see the module docstring)."""
+    if sys.platform.startswith("linux"):
+        try:
+            import ctypes
+
+            ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
+        except (OSError, AttributeError):
+            pass  # no prctl: the watch below still ends the worker
+    if os.getppid() != parent_pid:  # the parent died before the signal was armed
+        os._exit(1)
+
+    def watch() -> None:
+        while os.getppid() == parent_pid:
+            time.sleep(poll_s)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="vcache-parent-watch", daemon=True).start()
+
+
+def _worker_main(tasks: Connection, results: Connection, parent_pid: int) -> None:
+    _die_with_parent(parent_pid)
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     results.send(_READY)  # imports done: deadlines start counting only from here
     while True:
@@ -102,7 +167,9 @@ class _Worker:
     def __init__(self, ctx: mp.context.BaseContext):
         self.tasks_r, self.tasks_w = ctx.Pipe(duplex=False)
         self.results_r, self.results_w = ctx.Pipe(duplex=False)
-        self.proc = ctx.Process(target=_worker_main, args=(self.tasks_r, self.results_w), daemon=True)
+        self.proc = ctx.Process(
+            target=_worker_main, args=(self.tasks_r, self.results_w, os.getpid()), daemon=True
+        )
         self.proc.start()
         # close the child's ends here, so that the child's death reads as EOF on results_r
         self.tasks_r.close()
@@ -143,6 +210,8 @@ class DecodePool:
         self._ctx = mp.get_context("spawn")
         self.workers: list[_Worker] = [_Worker(self._ctx) for _ in range(workers)]
         self.replaced = 0
+        self.start_crashes = 0  # in a row; reset when a worker becomes ready
+        self.fatal: str | None = None
         self._stop = threading.Event()
         self._wake_r, self._wake_w = mp.Pipe(duplex=False)
         self._thread = threading.Thread(target=self._manage, name="vcache-decode-pool", daemon=True)
@@ -170,6 +239,8 @@ class DecodePool:
                 out.append(self._results.get_nowait())
             except queue.Empty:
                 break
+        if self.fatal is not None:
+            raise WorkerStartError(self.fatal)
         self._outstanding -= len(out)
         return out
 
@@ -194,8 +265,13 @@ class DecodePool:
                     i = starting[c]
                     try:
                         self.workers[i].ready = c.recv() == _READY
-                    except (EOFError, OSError):  # died while starting: start another
+                        self.start_crashes = 0
+                    except (EOFError, OSError):  # died while starting: start another, a few times
                         self.workers[i].kill()
+                        self.start_crashes += 1
+                        if self.start_crashes > MAX_START_CRASHES:
+                            self._give_up(self.workers[i].proc.exitcode)
+                            return
                         self.workers[i] = _Worker(self._ctx)
                     continue
                 i = busy[c]
@@ -212,6 +288,14 @@ class DecodePool:
                     self._results.put(
                         self._replace(i, Reason.TIMED_OUT, f"timed out after {self.timeout_s:g} s")
                     )
+
+    def _give_up(self, exitcode: int | None) -> None:
+        self.fatal = (
+            f"decoding workers crashed {self.start_crashes} times in a row while starting (last exit code "
+            f"{exitcode}), so no video can be decoded: check that `python -c 'import numpy, av, decord'` "
+            "works in this environment. Shards written before are kept; rerun the same command to resume"
+        )
+        self._results.put(_FATAL)  # wakes a caller blocked in get()
 
     def _replace(self, i: int, reason: Reason, text: str) -> DecodeResult:
         w = self.workers[i]

@@ -10,6 +10,10 @@ Layout (N videos, K crops per video, D feature dims):
     videos/num_frames  (N,)   int32    frames counted from the packet index (what crops are sampled on)
     videos/decoded_frames (N,) int32   frames that actually decoded (may be fewer; see vcache.data.video)
     videos/fps, videos/height, videos/width
+    videos/decode_errors (N,) int32    decoder messages while decoding the video (since store 1.1)
+    videos/rotation    (N,)   int16    display-matrix rotation, degrees ccw, recorded not applied (1.1)
+    videos/warnings    (N,)   str      done but damaged: truncated, decoder errors, rotation (1.1)
+    shards/digest      (S,)   str      SHA-256 of each written shard's arrays, one chunk per shard (1.1)
     crops/features     (N*K, D)    float16 by default, pooled backbone feature per crop
     crops/boxes        (N*K, 6)    float32 t0, t1, y0, x0, y1, x1 in [0, 1] of the original frame
     crops/flip         (N*K,)      bool     horizontal flip applied before the backbone
@@ -21,6 +25,9 @@ writes one whole shard at a time, crops first and the per-video status last, so 
 entirely pending or entirely finished (done or failed): a killed run resumes by redoing the shards
 that still hold pending videos, and two writers never touch the same file as long as they own
 different shards.
+
+The arrays marked 1.1 are absent from older stores, which stay readable (they read as 0 and ""); a resumed
+older store does not get them.
 """
 
 from __future__ import annotations
@@ -58,6 +65,23 @@ _META_ARRAYS = {
     "height": ("int32", 0),
     "width": ("int32", 0),
 }
+
+
+# Per-video arrays of newer stores (optional when reading: see the module docstring).
+_RECORD_ARRAYS = {"decode_errors": ("int32", 0), "rotation": ("int16", 0)}
+
+
+def shard_digest(data: dict[str, np.ndarray]) -> str:
+    """SHA-256 (first 32 hex digits) of one shard's arrays in write order, recorded in `shards/digest`."""
+    h = hashlib.sha256()
+    for name, a in data.items():
+        h.update(name.encode())
+        a = np.asarray(a)
+        if a.dtype.kind in "OUT":
+            h.update("\0".join(str(x) for x in a.tolist()).encode())
+        else:
+            h.update(np.ascontiguousarray(a).tobytes())
+    return h.hexdigest()[:32]
 
 
 def manifest_hash(paths: list[str], labels: list[int] | np.ndarray) -> str:
@@ -116,7 +140,14 @@ class FeatureStore:
         return self.group["videos/label"][:]
 
     def meta(self, name: str) -> np.ndarray:
+        if name in _RECORD_ARRAYS and name not in self.group["videos"]:
+            return np.zeros(self.n_videos, dtype=_RECORD_ARRAYS[name][0])  # an older store
         return self.group[f"videos/{name}"][:]
+
+    def warnings(self) -> list[str]:
+        if "warnings" not in self.group["videos"]:
+            return [""] * self.n_videos
+        return [str(w) for w in self.group["videos/warnings"][:]]
 
     def reasons(self) -> list[str]:
         return [str(r) for r in self.group["videos/reason"][:]]
@@ -152,21 +183,47 @@ class FeatureStore:
         if len(metas) != n or features.shape != (n * k, self.feature_dim):
             raise StoreError(f"shard {shard}: expected {n} videos and {(n * k, self.feature_dim)} features")
         r0, r1 = vids.start * k, vids.stop * k
-        crops = self.group["crops"]
-        crops["features"][r0:r1] = features.astype(crops["features"].dtype, copy=False)
-        crops["boxes"][r0:r1] = boxes.astype(np.float32, copy=False)
-        crops["flip"][r0:r1] = flips.astype(bool, copy=False)
+        data = self._shard_data_to_write(features, boxes, flips, metas, maps)
+        for name, a in data.items():  # crop arrays first, per-video ones next, status last
+            if name != "videos/status":
+                rows = slice(r0, r1) if name.startswith("crops/") else slice(vids.start, vids.stop)
+                self.group[name][rows] = a
+        if "shards" in self.group:  # before the status: a shard marked finished always has its digest
+            self.group["shards/digest"][shard] = shard_digest(data)
+        self.group["videos/status"][vids.start : vids.stop] = data["videos/status"]
+
+    def _shard_data_to_write(self, features, boxes, flips, metas, maps) -> dict[str, np.ndarray]:
+        g, v = self.group, self.group["videos"]
+        data = {
+            "crops/features": features.astype(g["crops/features"].dtype, copy=False),
+            "crops/boxes": boxes.astype(np.float32, copy=False),
+            "crops/flip": flips.astype(bool, copy=False),
+        }
         if maps is not None:
-            crops["maps"][r0:r1] = maps.astype(crops["maps"].dtype, copy=False)
-        v = self.group["videos"]
-        v["reason"][vids.start : vids.stop] = np.array([m.reason[:200] for m in metas], dtype=object).astype(
-            str
-        )
-        for name in _META_ARRAYS:
-            if name == "status":
-                continue
-            v[name][vids.start : vids.stop] = np.array([getattr(m, name) for m in metas])
-        v["status"][vids.start : vids.stop] = np.array([m.status for m in metas], dtype=np.uint8)
+            data["crops/maps"] = maps.astype(g["crops/maps"].dtype, copy=False)
+        data["videos/reason"] = np.array([m.reason[:200] for m in metas], dtype=str)
+        if "warnings" in v:
+            data["videos/warnings"] = np.array([m.warning[:300] for m in metas], dtype=str)
+        for name in (*_META_ARRAYS, *_RECORD_ARRAYS):
+            if name in v and name != "status":
+                data[f"videos/{name}"] = np.array([getattr(m, name) for m in metas]).astype(v[name].dtype)
+        data["videos/status"] = np.array([m.status for m in metas], dtype=np.uint8)
+        return data
+
+    def shard_data(self, shard: int) -> dict[str, np.ndarray]:
+        """Read back what `write_shard` wrote for `shard` (the arrays its digest covers)."""
+        vids = self.shard_videos(shard)
+        k = self.crops_per_video
+        names = ["crops/features", "crops/boxes", "crops/flip"] + (["crops/maps"] if self.has_maps else [])
+        names += ["videos/reason"] + (["videos/warnings"] if "warnings" in self.group["videos"] else [])
+        names += [f"videos/{n}" for n in (*_META_ARRAYS, *_RECORD_ARRAYS) if n in self.group["videos"]]
+        names = [n for n in names if n != "videos/status"] + ["videos/status"]
+        return {
+            n: self.group[n][vids.start * k : vids.stop * k]
+            if n.startswith("crops/")
+            else self.group[n][vids.start : vids.stop]
+            for n in names
+        }
 
     def update_attrs(self, **kv: Any) -> None:
         self.group.attrs.update(kv)
@@ -248,9 +305,13 @@ def create_store(
     v = root.create_group("videos")
     v.create_array("path", shape=(n,), dtype=str, chunks=(n,))[:] = np.asarray(paths, dtype=str)
     v.create_array("label", shape=(n,), dtype="int32", chunks=(n,))[:] = np.asarray(labels, dtype=np.int32)
-    for name, (dt, fill) in _META_ARRAYS.items():
+    for name, (dt, fill) in {**_META_ARRAYS, **_RECORD_ARRAYS}.items():
         v.create_array(name, shape=(n,), dtype=dt, chunks=(vps,), fill_value=fill)
-    v.create_array("reason", shape=(n,), dtype=str, chunks=(vps,), fill_value="")
+    for name in ("reason", "warnings"):
+        v.create_array(name, shape=(n,), dtype=str, chunks=(vps,), fill_value="")
+    root.create_group("shards").create_array(
+        "digest", shape=(math.ceil(n / vps),), dtype=str, chunks=(1,), fill_value=""
+    )
     c = root.create_group("crops")
     rows, srows = n * k, vps * k
     fbytes = np.dtype(feature_dtype).itemsize
@@ -272,9 +333,9 @@ def create_store(
             fill_value=fill,
         )
     try:
-        os.rename(tmp, final)  # atomic; fails if `path` appeared meanwhile
+        os.rename(tmp, final)  # atomic; fails if `path` appeared meanwhile (another process won)
     except OSError:
-        shutil.rmtree(tmp, ignore_errors=True)  # lost the race: the winner's store stands, ours goes
+        shutil.rmtree(tmp, ignore_errors=True)  # our own half of the race: leave nothing behind
         raise
     return open_store(final, mode="r+")
 

@@ -8,7 +8,10 @@ owns a share that overlaps its own; all ranks of one torchrun run share a run id
 A lock is stale, and is taken over, when its heartbeat is older than `stale_s`, or at once when it was taken
 on this host by a process that no longer exists, so a killed run never leaves a store stuck.
 `vcache extract --force-unlock` removes every lock of a store (for a dead run on another host).
-Two runs starting within the same instant could both pass the check; the window is milliseconds.
+
+The check and the write of a lock happen under `LOCK_DIR/acquire.mutex`, a file created with O_EXCL, so two
+runs started at the same instant are serialised: the second sees the first's lock. A mutex left by a dead
+process (gone on this host, or older than `MUTEX_STALE_S`) is moved aside and taken over.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import uuid
 from pathlib import Path
 
 LOCK_DIR = ".vcache-locks"
+MUTEX_STALE_S = 30.0  # a lock check takes milliseconds; a mutex this old was left by a dead process
 
 
 class StoreLocked(RuntimeError):
@@ -92,8 +96,22 @@ class StoreLock:
                 continue  # being replaced right now, or garbage: ignore
         return out
 
-    def acquire(self) -> None:
+    def acquire(self, wait_s: float = 60.0) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
+        mutex = self.dir / "acquire.mutex"
+        deadline = time.monotonic() + wait_s
+        while not _take_mutex(mutex):
+            if time.monotonic() > deadline:
+                raise StoreLocked(f"{mutex} held for over {wait_s:g} s; remove it if no run is starting")
+            time.sleep(0.02)
+        try:
+            self._check_and_write()
+        finally:
+            mutex.unlink(missing_ok=True)
+        self._thread = threading.Thread(target=self._beat, name="vcache-lock-heartbeat", daemon=True)
+        self._thread.start()
+
+    def _check_and_write(self) -> None:
         for p, rec in self.holders():
             if rec.get("run_id") == self.run_id:
                 continue
@@ -109,8 +127,6 @@ class StoreLock:
                     "it to finish, or use --force-unlock if that run is dead"
                 )
         self._write()
-        self._thread = threading.Thread(target=self._beat, name="vcache-lock-heartbeat", daemon=True)
-        self._thread.start()
 
     def _beat(self) -> None:
         while not self._stop.wait(self.heartbeat_s):
@@ -135,6 +151,37 @@ class StoreLock:
 
     def __exit__(self, *exc) -> None:
         self.release()
+
+
+def _take_mutex(path: Path) -> bool:
+    """Create `path` exclusively (True), or take it over from a dead holder (then try again: False)."""
+    try:
+        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+    except FileExistsError:
+        try:
+            rec = json.loads(path.read_text() or "{}")
+            age = time.time() - path.stat().st_mtime
+        except (OSError, ValueError):
+            return False  # being written or removed right now
+        dead = rec.get("host") == socket.gethostname() and not _pid_alive(int(rec.get("pid", -1)))
+        if dead or age > MUTEX_STALE_S:
+            grave = path.with_name(f"{path.name}.dead-{uuid.uuid4().hex}")
+            try:
+                os.rename(path, grave)
+            except FileNotFoundError:
+                return False
+            try:
+                fresh = json.loads(grave.read_text() or "{}") != rec
+            except (OSError, ValueError):
+                fresh = True
+            if fresh:  # another process took over first and we moved its new mutex: put it back
+                os.rename(grave, path)
+            else:
+                grave.unlink(missing_ok=True)
+        return False
+    with os.fdopen(fd, "w") as f:
+        json.dump({"host": socket.gethostname(), "pid": os.getpid()}, f)
+    return True
 
 
 class ShardClaims:

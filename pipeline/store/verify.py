@@ -3,13 +3,66 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from vcache.data.records import DONE, FAILED, PENDING, Reason
-from vcache.store.format import StoreError, open_store
+from vcache.store.format import FeatureStore, StoreError, manifest_hash, open_store, shard_digest
+
+
+def damaged_shards(st: FeatureStore, visit: Callable[[int, dict], None] | None = None) -> dict[int, str]:
+    """Shards whose chunks no longer decode, or whose data no longer matches the digest recorded when they
+    were written: a chunk file deleted (it reads back as fill values), truncated or overwritten. Stores made
+    before digests existed (no `shards/digest`) get the decoding check only. `visit(shard, data)` is called
+    with every readable shard's arrays, so `verify` reads the store once."""
+    has_digests = "shards" in st.group
+    out: dict[int, str] = {}
+    for s in range(st.n_shards):
+        try:
+            data = st.shard_data(s)
+            digest = str(st.group["shards/digest"][s]) if has_digests else None
+        except Exception as e:  # zarr / numcodecs raise several types for a damaged chunk
+            out[s] = f"unreadable ({type(e).__name__}: {str(e)[:80]})"
+            continue
+        pending = (data["videos/status"] == PENDING).all()
+        if digest is None:
+            pass
+        elif pending and digest:
+            out[s] = "marked pending but has a checksum (its status chunk was lost, or its write was killed)"
+        elif not pending and not digest:
+            out[s] = "finished but has no checksum"
+        elif digest and shard_digest(data) != digest:
+            out[s] = "checksum mismatch (a chunk file deleted, truncated or overwritten)"
+        if visit is not None:
+            visit(s, data)
+    return out
+
+
+def mark_for_repair(st: FeatureStore, shards: list[int]) -> None:
+    """Make damaged shards pending again (status and digest rewritten whole), so a run redoes them."""
+    for s in shards:
+        v = st.shard_videos(s)
+        st.group["videos/status"][v.start : v.stop] = np.zeros(len(v), dtype=np.uint8)
+        if "shards" in st.group:
+            st.group["shards/digest"][s] = ""
+
+
+def _span(st: FeatureStore, s: int, paths: list[str]) -> str:
+    v = st.shard_videos(s)
+    return paths[v.start] if len(v) == 1 else f"{paths[v.start]} .. {paths[v.stop - 1]}"
+
+
+def warned_videos(st) -> list[tuple[str, int, str]]:
+    """(path, decoder messages, warning) of every done video that decoded with damage or a note."""
+    status, errors, warns = st.status(), st.meta("decode_errors"), st.warnings()
+    return [
+        (p, int(e), w)
+        for p, s, e, w in zip(st.paths(), status, errors, warns, strict=True)
+        if s == DONE and (e or w)
+    ]
 
 
 def summary(path: str | Path) -> dict[str, Any]:
@@ -26,6 +79,7 @@ def summary(path: str | Path) -> dict[str, Any]:
         for p, c, r, s in zip(st.paths(), codes, st.reasons(), status, strict=True)
         if s == FAILED
     ][:10]
+    warned = warned_videos(st)
     return {
         "path": str(st.path),
         "videos": st.n_videos,
@@ -34,6 +88,9 @@ def summary(path: str | Path) -> dict[str, Any]:
         "pending": int((status == PENDING).sum()),
         "failure_reasons": reasons,
         "failed_examples": failed_examples,
+        "warned": len(warned),
+        "warned_examples": warned[:10],
+        "rotated": int((st.meta("rotation") != 0).sum()),
         "crops_per_video": st.crops_per_video,
         "feature_dim": st.feature_dim,
         "feature_dtype": st.attrs.get("feature_dtype"),
@@ -76,8 +133,9 @@ def verify(path: str | Path, require_complete: bool = False) -> tuple[list[str],
 
     Checks: provenance attributes present; array shapes and dtypes agree with the attributes; every shard
     is all pending or all finished (the write protocol's invariant); every done row finite with a box
-    inside [0, 1] and t0 < t1, y0 < y1, x0 < x1; every failed video with a reason; no half-written files.
-    Reads one shard at a time, so memory stays bounded for feature-map stores.
+    inside [0, 1] and t0 < t1, y0 < y1, x0 < x1; every failed video with a reason; no half-written files;
+    every written shard matches the digest recorded at write time (`damaged_shards`), and the paths and
+    labels match the manifest hash. Reads one shard at a time, so memory stays bounded for feature-map stores.
     """
     problems: list[str] = []
     try:
@@ -110,20 +168,25 @@ def verify(path: str | Path, require_complete: bool = False) -> tuple[list[str],
         return problems, {}
     if str(g["crops/features"].dtype) != str(np.dtype(a.get("feature_dtype", "float16"))):
         problems.append(f"features are {g['crops/features'].dtype}, attributes say {a.get('feature_dtype')}")
-    status, codes, reasons = st.status(), st.meta("reason_code"), st.reasons()
-    paths = st.paths()
-    bad_status = np.flatnonzero(~np.isin(status, (PENDING, DONE, FAILED)))
-    problems += [f"{paths[i]}: unknown status {status[i]}" for i in bad_status[:10]]
-    for s in range(st.n_shards):
+    try:
+        paths, labels = st.paths(), st.labels()
+    except Exception as e:  # zarr raises several types for a damaged chunk
+        return problems + [f"videos/path or videos/label unreadable ({type(e).__name__})"], {}
+    if a.get("manifest_hash") and manifest_hash(paths, labels) != a["manifest_hash"]:
+        problems.append("videos/path or videos/label damaged: they no longer match the manifest hash")
+    status = np.full(n, 255, dtype=np.uint8)  # 255: unreadable
+
+    def check(s: int, data: dict) -> None:
         v = st.shard_videos(s)
-        sv = status[v.start : v.stop]
+        sv = status[v.start : v.stop] = data["videos/status"]
+        codes, reasons = data["videos/reason_code"], [str(r) for r in data["videos/reason"].tolist()]
+        problems.extend(f"{paths[v.start + j]}: unknown status {x}" for j, x in enumerate(sv) if x > FAILED)
         if (sv == PENDING).any() and not (sv == PENDING).all():
             problems.append(f"shard {s} is half written (some videos pending, some finished)")
-        rows = slice(v.start * k, v.stop * k)
-        feats = g["crops/features"][rows].astype(np.float32).reshape(len(v), k, d)
-        boxes = g["crops/boxes"][rows].reshape(len(v), k, 6)
+        feats = data["crops/features"].astype(np.float32).reshape(len(v), k, d)
+        boxes = data["crops/boxes"].reshape(len(v), k, 6)
         for j, i in enumerate(v):
-            if status[i] == DONE:
+            if sv[j] == DONE:
                 if not np.isfinite(feats[j]).all():
                     problems.append(f"{paths[i]}: non-finite features")
                 b = boxes[j]
@@ -133,10 +196,13 @@ def verify(path: str | Path, require_complete: bool = False) -> tuple[list[str],
                 )
                 if not (inside and ordered):
                     problems.append(f"{paths[i]}: a box outside [0, 1] or with start >= end")
-                if codes[i] != 0:
-                    problems.append(f"{paths[i]}: done but has reason code {codes[i]}")
-            elif status[i] == FAILED and (codes[i] == 0 or not reasons[i]):
+                if codes[j] != 0:
+                    problems.append(f"{paths[i]}: done but has reason code {codes[j]}")
+            elif sv[j] == FAILED and (codes[j] == 0 or not reasons[j]):
                 problems.append(f"{paths[i]}: failed without a reason")
+
+    bad = damaged_shards(st, check)
+    problems[:0] = [f"shard {s} ({_span(st, s, paths)}) damaged: {why}" for s, why in bad.items()]
     if "crops/maps" in g and (status == DONE).any():
         i = int(np.flatnonzero(status == DONE)[0])
         if not np.isfinite(g["crops/maps"][i * k : i * k + 1].astype(np.float32)).all():
@@ -148,6 +214,8 @@ def verify(path: str | Path, require_complete: bool = False) -> tuple[list[str],
         "done": int((status == DONE).sum()),
         "failed": int((status == FAILED).sum()),
         "pending": int((status == PENDING).sum()),
+        "warned": len(warned_videos(st)) if not bad else 0,
+        "damaged_shards": len(bad),
     }
     if require_complete and counts["pending"]:
         problems.append(f"{counts['pending']} videos still pending")
