@@ -206,3 +206,21 @@ def test_workers_auto_is_one_per_core_but_one(monkeypatch):
     for bad in ("-1", "many"):
         with pytest.raises(typer.BadParameter):
             _parse_workers(bad)
+
+
+def test_fp32_maps_stay_fp32_and_the_compute_path_is_recorded(tiny_dataset, narrow, tmp_path):
+    manifest = load_manifest("folder", tiny_dataset)
+    s = _settings(narrow, mode="eval", layout="1x1")
+    out = tmp_path / "m.zarr"
+    opts = ExtractOptions(feature_maps=True, feature_dtype="float32", workers=0)
+    assert extract(manifest, out, narrow, s, opts).done == 6
+    st = open_store(out)
+    maps = st.group["crops/maps"][:]
+    assert maps.dtype == np.float32
+    assert (maps != maps.astype(np.float16).astype(np.float32)).any()  # not rounded to fp16 on the way
+    assert st.attrs["compute"] == {"device": "cpu", "amp": False}
+    # a store computed under CUDA autocast is not resumed with another precision
+    st = open_store(out, mode="r+")
+    st.update_attrs(compute={"device": "cuda", "amp": True})
+    with pytest.raises(StoreError, match="compute.amp"):
+        extract(manifest, out, narrow, s, opts)

@@ -106,7 +106,7 @@ def extract(
     use_device(device)  # CUDA: this rank's GPU is the current one (caches, streams, AMP)
     backbone = backbone.to(device).eval()
     map_shape = backbone.map_shape(settings.clip_frames, settings.input_size) if opts.feature_maps else None
-    attrs = store_attrs(backbone, settings, manifest, opts, map_shape)
+    attrs = store_attrs(backbone, settings, manifest, opts, map_shape, device.type)
     args = (out, list(manifest.paths), list(manifest.labels), settings.k, backbone.feature_dim, attrs, opts)
     run_id = dist.broadcast(opts.run_id or new_run_id())
     first = rank == 0 or not dist.active
@@ -166,6 +166,8 @@ class _Job:
         self.mean = torch.tensor(pre.mean, device=device).view(1, 3, 1, 1, 1) * 255
         self.std = torch.tensor(pre.std, device=device).view(1, 3, 1, 1, 1) * 255
         self.use_amp = opts.amp and device.type == "cuda"
+        # maps cross to the host in the store's dtype (--fp32 must not round them to float16 on the way)
+        self.map_dtype = torch.float32 if opts.feature_dtype == "float32" else torch.float16
         self.timings = {"decode_wait": 0.0, "forward": 0.0, "write": 0.0, "worker_decode": 0.0}
         self.failures: list[tuple[str, str]] = []
         self.warnings: list[tuple[str, str]] = []
@@ -292,7 +294,7 @@ class _Job:
         with torch.inference_mode(), torch.autocast(self.device.type, enabled=self.use_amp):
             pooled, fmap = self.backbone(x)
         pooled = pooled.float().cpu().numpy()
-        fmaps = fmap.to(torch.float16).cpu().numpy() if self.map_shape else None
+        fmaps = fmap.to(self.map_dtype).cpu().numpy() if self.map_shape else None
         self.timings["forward"] += time.perf_counter() - t0
         row = 0
         batch, self.batch, self.batch_n = self.batch, [], 0

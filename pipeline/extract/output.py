@@ -29,9 +29,15 @@ from vcache.store.lock import StoreLock, others_alive
 
 
 def store_attrs(
-    backbone: VideoBackbone, settings: CropSettings, manifest: Any, opts: ExtractOptions, map_shape
+    backbone: VideoBackbone,
+    settings: CropSettings,
+    manifest: Any,
+    opts: ExtractOptions,
+    map_shape,
+    device_type: str = "cpu",
 ) -> dict[str, Any]:
-    """Everything needed to use a store without the command line that made it."""
+    """Everything needed to use a store without the command line that made it, including how the forward
+    pass computed (`compute`: device type and whether CUDA autocast was on)."""
     bb = describe(backbone)
     if opts.init_seed is not None and not bb.get("checkpoint"):
         bb["init_seed"] = opts.init_seed
@@ -43,6 +49,7 @@ def store_attrs(
         "class_families": opts.class_families,
         "video_root": str(Path(manifest.root).resolve()),
         "feature_maps": bool(opts.feature_maps),
+        "compute": {"device": device_type, "amp": bool(opts.amp and device_type == "cuda")},
         "vcache_version": vcache.__version__,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "created_on": socket.gethostname(),
@@ -100,6 +107,9 @@ def open_or_create(
     )
     have_c, want_c = _comparable(store.attrs), json.loads(json.dumps(_comparable(want)))
     diff = [key for key in have_c if have_c[key] != want_c[key]]
+    had = store.attrs.get("compute")  # stores made before it was recorded have none
+    if had is not None and bool(had.get("amp")) != bool(want["compute"]["amp"]):
+        diff.append(f"compute.amp ({had.get('amp')} in the store; --no-amp or a CUDA device changes it)")
     if diff:
         raise StoreError(
             f"{out} was made with different settings ({', '.join(diff)} differ); "
@@ -140,7 +150,9 @@ class ShardBuffer:
         self.features = np.zeros((n * k, store.feature_dim), dtype=np.float32)
         self.boxes = np.full((n * k, 6), -1.0, dtype=np.float32)
         self.flips = np.zeros(n * k, dtype=bool)
-        self.maps = np.zeros((n * k, *map_shape), dtype=np.float16) if map_shape else None
+        # the store's dtype: --fp32 keeps float32 maps, not maps rounded to float16 on the way
+        mdt = store.group["crops/maps"].dtype if map_shape else None
+        self.maps = np.zeros((n * k, *map_shape), dtype=mdt) if map_shape else None
         self.metas: list[VideoMeta | None] = [None] * n
         self.k = k
 
