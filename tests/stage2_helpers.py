@@ -15,6 +15,16 @@ import numpy as np
 
 from vcache.store import DONE, VideoMeta, create_store
 
+# A SCALE small enough for tests: ScaleConfig(feature_dim=16, **TINY_SCALE).
+TINY_SCALE = {
+    "width": 32,
+    "depth": 2,
+    "proj_dim": 16,
+    "batch_size": 16,
+    "target_head": (2, 32),
+    "pred_head": (2, 32),
+}
+
 
 def backbone_attrs(name: str = "synthetic-bb", sha: str = "0" * 64, dim: int = 16) -> dict:
     return {

@@ -8,7 +8,7 @@ import dataclasses
 import numpy as np
 import pytest
 import torch
-from stage2_helpers import make_store
+from stage2_helpers import TINY_SCALE, make_store
 
 from vcache.learn.aggregator import ScaleConfig
 from vcache.learn.checkpoints import load_aggregator, load_checkpoint
@@ -19,14 +19,7 @@ from vcache.learn.probes import ProbeSettings, _concat_cls, build_head, run_knn,
 from vcache.learn.scale import train_scale
 from vcache.store import StoreError, load_cache
 
-SMALL = {
-    "width": 32,
-    "depth": 2,
-    "proj_dim": 16,
-    "batch_size": 16,
-    "target_head": (2, 32),
-    "pred_head": (2, 32),
-}
+SMALL = TINY_SCALE
 FAST = {"width": 32, "depth": 2, "device": "cpu", "batch_size": 16, "eval_points": 1}
 
 

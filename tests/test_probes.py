@@ -7,7 +7,7 @@ import json
 
 import numpy as np
 import pytest
-from stage2_helpers import backbone_attrs, make_store
+from stage2_helpers import TINY_SCALE, backbone_attrs, make_store
 from typer.testing import CliRunner
 
 from vcache.learn.probes import (
@@ -33,7 +33,7 @@ def stores(tmp_path_factory):
         "train": make_store(d / "train_eval.zarr", n_videos=96, crops=6, mode="eval", seed=2),
         "test": make_store(d / "test_eval.zarr", n_videos=48, crops=6, mode="eval", seed=1),
     }
-    cfg = ScaleConfig(feature_dim=16, width=32, depth=2, proj_dim=16, batch_size=16, epochs=3)
+    cfg = ScaleConfig(feature_dim=16, epochs=3, **TINY_SCALE)
     train_scale(load_cache(paths["ssl"]), cfg, d / "scale.pt", store_path=paths["ssl"], device="cpu")
     paths["ckpt"] = d / "scale.pt"
     return paths

@@ -6,21 +6,14 @@ import math
 
 import pytest
 import torch
-from stage2_helpers import backbone_attrs, make_store
+from stage2_helpers import TINY_SCALE, backbone_attrs, make_store
 
 from vcache.learn.aggregator import ScaleAggregator, ScaleConfig, sample_sets
 from vcache.learn.checkpoints import load_aggregator, load_checkpoint
 from vcache.learn.scale import train_scale
 from vcache.store import StoreError, check_compatible, load_cache
 
-TINY = {
-    "width": 32,
-    "depth": 2,
-    "proj_dim": 16,
-    "batch_size": 16,
-    "target_head": (2, 32),
-    "pred_head": (2, 32),
-}
+TINY = TINY_SCALE
 
 
 @pytest.fixture(scope="module")
