@@ -181,6 +181,9 @@ def svt_cmd(
     steps: int | None = typer.Option(None, help="Optimiser steps (overrides --epochs)."),
     lr: float | None = typer.Option(None, help="Peak learning rate [5e-4]."),
     momentum_teacher: float | None = typer.Option(None, help="Starting EMA momentum, rises to 1 [0.996]."),
+    init_image: Path | None = typer.Option(
+        None, help="DINO / timm image-ViT state dict to start from (SVT Sec. 4.1); docs/pretrain.md."
+    ),
     workers: int | None = typer.Option(None, help="Decoding processes per rank [2]."),
     seed: int | None = typer.Option(None, help="Seed of weights and view sampling [0]."),
     device: str | None = typer.Option(None, help="auto, cpu or cuda [auto]."),
@@ -205,6 +208,7 @@ def svt_cmd(
         steps=steps,
         lr=lr,
         momentum_teacher=momentum_teacher,
+        init_image=str(init_image) if init_image else None,
         workers=workers,
         seed=seed,
         device=device,
