@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from vcache.tables.confidence import (
     HELD,
@@ -76,3 +77,24 @@ def test_seeds_are_resampled_too() -> None:
     _, lo1, hi1 = bootstrap_diff(steady, np.repeat(base, 3, axis=0))
     _, lo2, hi2 = bootstrap_diff(steady, wild)
     assert hi2 - lo2 > 1.5 * (hi1 - lo1)
+
+
+def test_readme_table_is_generated_from_the_checks(tmp_path: Path) -> None:
+    from vcache.tables import update_readme
+    from vcache.tables.markdown import orderings_table
+
+    hi, lo = cell(tmp_path, "hi", 0.8, 1), cell(tmp_path, "lo", 0.5, 1)
+    table = orderings_table([("A above B", compare(hi, lo)), ("B above A", compare(lo, hi))])
+    assert "| A above B | held | +" in table and "| B above A | reversed | -" in table
+    readme = tmp_path / "README.md"
+    readme.write_text("intro\n<!-- orderings:begin -->\nold\n<!-- orderings:end -->\nrest\n")
+    update_readme(readme, table)
+    text = readme.read_text()
+    assert (
+        "old" not in text
+        and "| A above B | held |" in text
+        and text.endswith("<!-- orderings:end -->\nrest\n")
+    )
+    readme.write_text("no markers")
+    with pytest.raises(ValueError, match="orderings"):
+        update_readme(readme, table)
