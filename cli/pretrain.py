@@ -185,6 +185,9 @@ def svt_cmd(
     steps: int | None = typer.Option(None, help="Optimiser steps (overrides --epochs)."),
     lr: float | None = typer.Option(None, help="Peak learning rate [5e-4]."),
     momentum_teacher: float | None = typer.Option(None, help="Starting EMA momentum, rises to 1 [0.996]."),
+    init_image: Path | None = typer.Option(
+        None, help="DINO / timm image-ViT state dict to start from (SVT Sec. 4.1); docs/pretrain.md."
+    ),
     workers: int | None = typer.Option(None, help="Decoding processes per rank [default: 2]."),
     timeout: float | None = typer.Option(
         None, help="Seconds a video may take to decode before it is skipped as unreadable [default: 300]."
@@ -212,6 +215,7 @@ def svt_cmd(
         steps=steps,
         lr=lr,
         momentum_teacher=momentum_teacher,
+        init_image=str(init_image) if init_image else None,
         workers=workers,
         timeout_s=timeout,
         seed=seed,

@@ -1,4 +1,4 @@
-"""`vcache synth`: write the seeded synthetic benchmark (appearance / order / motion), UCF-101 layout."""
+"""`vcache synth`: write the seeded synthetic benchmark (appearance / order / motion / speed)."""
 
 from __future__ import annotations
 
@@ -19,7 +19,13 @@ def synth_cmd(
         "order",
         help="Which classes: order (20: digit A then digit B, order-aware models win), appearance (5: one "
         "digit), motion (4: a digit moving right/left/down/up), mixed (all 29 in one label space, tagged "
-        "by family in classes.json).",
+        "by family in classes.json), speed (2: a digit moving slow or fast in a random direction).",
+    ),
+    colours: str = typer.Option(
+        "fixed",
+        help="fixed: each digit its own colour (the measured design); pool: each video one colour from a "
+        "pool shared by all classes, so only the digit's shape tells the class (for self-supervised "
+        "pretraining with colour jitter).",
     ),
     seed: int = typer.Option(0, help="Seed: the same seed gives the same videos, pixel for pixel."),
     frames: int = typer.Option(64, help="Frames per video; digit A fills the first half, B the second."),
@@ -55,6 +61,7 @@ def synth_cmd(
             task=task,
             crf=crf,
             gap=gap,
+            colours=colours,
             workers=workers,
             overwrite=overwrite,
             progress=not quiet,

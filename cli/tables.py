@@ -26,11 +26,23 @@ def reproduce_tables_cmd(
     executor: str | None = typer.Option(
         None, help="inprocess (default: one process, torch imported once) or subprocess (one per step)."
     ),
+    readme: Path | None = typer.Option(
+        None,
+        help="A README whose orderings table (between <!-- orderings:begin/end --> markers) is replaced.",
+    ),
 ) -> None:
     """Run synth -> pretrain -> extract -> train-aggregator -> probe through the CLI, cached, and write
     the papers' tables beside ours. A rerun redoes only the steps whose command line or inputs changed."""
     from vcache.tables import reproduce
 
     reproduce(
-        quick=quick, out=out, work=work, data=data, splits=splits, fmt_=format, executor=executor, app=app
+        quick=quick,
+        out=out,
+        work=work,
+        data=data,
+        splits=splits,
+        fmt_=format,
+        executor=executor,
+        app=app,
+        readme=readme,
     )

@@ -21,7 +21,7 @@ from vcache.pretrain.augment import apply_aug, cvrl_settings, draw_aug
 from vcache.pretrain.cvrl import CVRLConfig, clip_starts, sample_interval, train_cvrl
 from vcache.pretrain.cvrl import make_plan as cvrl_plan
 from vcache.pretrain.data import GlobalBatchSampler, list_videos
-from vcache.pretrain.loop import state_path
+from vcache.pretrain.loop import state_path, student_path
 from vcache.pretrain.svt import SVTConfig, build_student, train_svt
 from vcache.pretrain.svt import make_plan as svt_plan
 from vcache.runtime.distributed import DistBatchNorm, DistContext
@@ -178,6 +178,36 @@ def test_svt_end_to_end_saves_the_teacher(tiny_dataset: Path, tmp_path: Path) ->
     teacher = torch.load(state_path(out), weights_only=True)["teacher"]
     assert torch.equal(teacher["backbone.pos_embed"], model.pos_embed.detach())
     assert model(torch.zeros(1, 3, 4, 32, 32))[0].shape == (1, model.feature_dim)
+    # the student beside the teacher (issue 14): its own weights, the training state's student
+    student = build_backbone(None, checkpoint=student_path(out))
+    saved = torch.load(state_path(out), weights_only=True)["student"]
+    assert torch.equal(saved["backbone.pos_embed"], student.pos_embed.detach())
+    assert not torch.equal(student.pos_embed, model.pos_embed)
+
+
+def test_svt_starts_from_an_image_vit(tiny_dataset: Path, tmp_path: Path) -> None:
+    """--init-image: the student and the teacher start from the image weights (vit_image.py)."""
+    cfg = _tiny_svt(steps=1, lr=0.0)
+    torch.manual_seed(5)
+    video = build_student(cfg).backbone
+    image = {"cls_token": video.cls_token.detach() + 1.0, "pos_embed": video.pos_embed.detach()}
+    image |= {
+        "patch_embed.proj.weight": video.patch_embed.weight,
+        "patch_embed.proj.bias": video.patch_embed.bias,
+    }
+    image |= {"norm.weight": video.norm.weight, "norm.bias": video.norm.bias}
+    names = {"norm1": "norm_s", "attn.qkv": "attn_s.qkv", "attn.proj": "attn_s.proj", "norm2": "norm_mlp"}
+    names |= {"mlp.fc1": "mlp.0", "mlp.fc2": "mlp.2"}
+    for timm, ours in names.items():
+        for leaf in ("weight", "bias"):
+            image[f"blocks.0.{timm}.{leaf}"] = video.state_dict()[f"blocks.0.{ours}.{leaf}"]
+    torch.save({k: v.detach().clone() for k, v in image.items()}, tmp_path / "dino.pth")
+    out = tmp_path / "svt.pt"
+    cfg = _tiny_svt(steps=1, lr=0.0, init_image=str(tmp_path / "dino.pth"))
+    train_svt(list_videos(tiny_dataset), out, cfg, DistContext(), progress=False)
+    st = torch.load(state_path(out), weights_only=True)
+    assert torch.equal(st["student"]["backbone.cls_token"], image["cls_token"])
+    assert not st["teacher"]["backbone.blocks.0.attn_t.proj.weight"].any()
 
 
 def test_svt_teacher_moves_toward_the_student_by_the_ema_amount(tiny_dataset: Path, tmp_path: Path) -> None:

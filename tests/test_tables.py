@@ -72,7 +72,16 @@ def test_quick_tables_end_to_end(tmp_path: Path) -> None:
         data = (out / f"{png}.png").read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 2000
     orderings = json.loads((out / "orderings.json").read_text())
-    assert orderings and all(v in (True, False) for v in orderings.values())
+    run = orderings.pop("_run")
+    assert run["threads"] == 2 and run["pretrain_seeds"] == [0]
+    verdicts = {"held", "reversed", "inconclusive"}
+    assert orderings and all(r["verdict"] in verdicts for r in orderings.values()), orderings
+    assert all("ci95" in r or r.get("parts") for r in orderings.values())
+    assert any("BN statistics only" in name for name in orderings)  # the lr-0 control is compared
+    assert "| ordering | verdict |" in (out / "orderings.md").read_text()
+    curves = json.loads((out / "pretrain_losses.json").read_text())["curves"]
+    assert {"r3d_cvrl", "r3d_cvrl_bn", "vit_svt"} <= set(curves)
+    assert (out / "pretrain_losses.png").read_bytes()[:4] == b"\x89PNG"
 
     # A rerun finds every step cached and only renders again.
     r = _vcache("reproduce-tables", "--quick", "--out", str(out))

@@ -11,6 +11,11 @@ and laid out like UCF-101 so that the ordinary loader reads it. Three families o
   1.0. (A clip across the midpoint shows A turning into B; `gap` blank frames there remove that leak.)
 - motion (4 classes): one random digit moving right, left, down or up with wrap-around; a single frame
   says nothing, a clip of a few frames says everything.
+- speed (2 classes): one random digit moving 1 or 3 px a frame (at 64 px) in a random direction; only
+  the speed tells the class. For temporal self-supervised methods (docs/synth.md, "Which methods").
+
+`colours="pool"` gives each video one colour from a shared pool instead of each digit its own colour, so
+that the class is told by shape alone and colour jitter cannot erase it (docs/synth.md).
 
 The design follows the prototype in DESIGN.md ("The synthetic benchmark"): grey low-contrast background
 (texture amplitude 0.10, per-frame noise 0.03), five sklearn digits upscaled to 28 px sprites in 64 x 64
@@ -30,13 +35,13 @@ import json
 import math
 import shutil
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import lru_cache, partial
 from pathlib import Path
 
 import numpy as np
+
+from vcache.data.synth_io import _mapper, _noise, _progress_bar, write_mp4
 
 # The measured design (DESIGN.md, "The synthetic benchmark"): five digits, each with its own fixed colour.
 DIGITS: tuple[int, ...] = (0, 1, 2, 3, 4)
@@ -50,13 +55,27 @@ COLOURS: dict[int, tuple[float, float, float]] = {
 }
 # Unit steps (rows, columns) of the motion family; rows first like the store's boxes.
 DIRECTIONS: dict[str, tuple[int, int]] = {"Right": (0, 1), "Left": (0, -1), "Down": (1, 0), "Up": (-1, 0)}
-FAMILIES: tuple[str, ...] = ("appearance", "order", "motion")
+FAMILIES: tuple[str, ...] = ("appearance", "order", "motion", "speed")
 TASKS: dict[str, tuple[str, ...]] = {
     "order": ("order",),
     "appearance": ("appearance",),
     "motion": ("motion",),
-    "mixed": FAMILIES,
+    "speed": ("speed",),
+    "mixed": ("appearance", "order", "motion"),  # the measured mixed set (docs/synth.md)
 }
+# Colour modes. "fixed": each digit its own colour (the measured design; colour alone tells the class).
+# "pool": every video draws one colour from COLOUR_POOL, shared by all classes, so only the digit's shape
+# tells the class and colour jitter (CVRL, SVT) cannot erase the class cue (chosen here, issue 14).
+COLOUR_MODES: tuple[str, ...] = ("fixed", "pool")
+COLOUR_POOL: tuple[tuple[float, float, float], ...] = (
+    *COLOURS.values(),
+    (0.10, 0.85, 0.85),  # cyan
+    (0.98, 0.55, 0.10),  # orange
+    (0.55, 0.20, 0.95),  # violet
+)
+# Speed family (chosen here): px per frame as fractions of the frame side, 3x apart so that a crop's
+# rescaling (CVRL area 0.3-1: at most 1.8x) cannot turn one speed into the other.
+SPEEDS: dict[str, float] = {"Slow": 1 / 64, "Fast": 3 / 64}
 BACKGROUND_AMPLITUDE = 0.10  # DESIGN.md: texture amplitude 0.10 around mid-grey
 NOISE_STD = 0.03  # DESIGN.md: per-frame noise 0.03
 SPRITE_FRACTION = 28 / 64  # DESIGN.md: 28 px sprites in 64 x 64 frames
@@ -80,6 +99,7 @@ class SynthClass:
     family: str
     digits: tuple[int, ...]
     direction: str | None = None
+    speed: str | None = None
 
 
 def class_list(task: str = "order") -> list[SynthClass]:
@@ -93,8 +113,10 @@ def class_list(task: str = "order") -> list[SynthClass]:
         elif family == "order":
             pairs = [(a, b) for a in DIGITS for b in DIGITS if a != b]
             classes += [SynthClass(f"Ord{a}Then{b}", family, (a, b)) for a, b in pairs]
-        else:
+        elif family == "motion":
             classes += [SynthClass(f"Mot{d}", family, (), d) for d in DIRECTIONS]
+        else:
+            classes += [SynthClass(f"Spd{v}", family, (), None, v) for v in SPEEDS]
     return classes
 
 
@@ -132,7 +154,13 @@ def background_pool(seed: int, size: int, pool_size: int = POOL_SIZE) -> np.ndar
 
 
 def render_video(
-    cls: SynthClass, rng: np.random.Generator, frames: int, size: int, pool: np.ndarray, gap: int = 0
+    cls: SynthClass,
+    rng: np.random.Generator,
+    frames: int,
+    size: int,
+    pool: np.ndarray,
+    gap: int = 0,
+    colours: str = "fixed",
 ) -> np.ndarray:
     """Frames (frames, size, size, 3) uint8 RGB of one video of class `cls`, drawn with `rng`.
 
@@ -146,12 +174,17 @@ def render_video(
     segment = (np.arange(frames) + offset) // seg_len  # background (and position) changes at boundaries
     backgrounds = pool[rng.integers(len(pool), size=int(segment[-1]) + 1)][segment]  # (T, H, W)
 
-    if cls.family == "motion":
+    moving = cls.family in ("motion", "speed")
+    if moving:
         digit = DIGITS[int(rng.integers(len(DIGITS)))]
         digit_of_frame = np.full(frames, digit)
-        dy, dx = DIRECTIONS[cls.direction or "Right"]
+        if cls.family == "speed":  # a random direction: only the speed tells the class
+            dy, dx = list(DIRECTIONS.values())[int(rng.integers(len(DIRECTIONS)))]
+        else:
+            dy, dx = DIRECTIONS[cls.direction or "Right"]
         start = rng.integers(size, size=2)
-        step = np.arange(frames) * MOTION_SPEED * size
+        speed = SPEEDS[cls.speed] if cls.speed else MOTION_SPEED
+        step = np.arange(frames) * speed * size
         ys = np.rint(start[0] + dy * step).astype(int) % size
         xs = np.rint(start[1] + dx * step).astype(int) % size
     else:
@@ -165,61 +198,25 @@ def render_video(
         corners = rng.integers(size - side + 1, size=(int(piece.max()) + 1, 2))
         ys, xs = corners[piece, 0], corners[piece, 1]
     blank = np.zeros(frames, bool)
-    if cls.family != "motion" and gap > 0:
+    if not moving and gap > 0:
         blank[frames // 2 - gap // 2 : frames // 2 - gap // 2 + gap] = True
 
     # Pixels in 0..255: (grey background + noise) everywhere, then the sprite blended in its window only,
     # frame = background * (1 - alpha) + colour * alpha + noise. Written for speed (whole-array ops).
     video = _noise(rng, (frames, size, size, 3)) * (NOISE_STD * 255.0)
     video += backgrounds[..., None] * 255.0
+    # "pool": one colour for the whole video, drawn last so that "fixed" videos keep their pixels.
+    pooled = COLOUR_POOL[int(rng.integers(len(COLOUR_POOL)))] if colours == "pool" else None
     offsets = np.arange(side)
     for t in np.flatnonzero(~blank):
         # Indices modulo size: the sprite wraps around the edges (only the motion family reaches them).
         window = np.ix_((offsets + ys[t]) % size, (offsets + xs[t]) % size)
         alpha = sprites[DIGITS.index(int(digit_of_frame[t]))][..., None]
-        colour = np.asarray(COLOURS[int(digit_of_frame[t])], np.float32) * 255.0
+        colour = np.asarray(pooled or COLOURS[int(digit_of_frame[t])], np.float32) * 255.0
         grey = backgrounds[t][window][..., None] * 255.0
         video[t][window] += alpha * (colour - grey)
     video += 0.5
     return np.clip(video, 0.0, 255.0, out=video).astype(np.uint8)
-
-
-def _noise(rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
-    """Zero-mean, unit-variance float32 noise, uniform in [-sqrt(3), sqrt(3)].
-
-    DESIGN.md gives the noise level (0.03), not its law; uniform is chosen here because it draws three
-    times faster than `standard_normal` on this machine and the noise only has to keep frames from being
-    exactly equal, not to follow a law.
-    """
-    noise = rng.random(shape, dtype=np.float32)
-    noise -= 0.5
-    noise *= np.float32(np.sqrt(12.0))
-    return noise
-
-
-def write_mp4(path: Path, video: np.ndarray, fps: int, crf: int = 20, intra: bool = True) -> None:
-    """Encode frames (T, H, W, 3) uint8 RGB as H.264 (libx264, yuv420p) in an mp4 with PyAV.
-
-    intra=True makes every frame a key frame (no quality drift along a GOP, frame-exact seeking); one
-    encoder thread keeps the bytes identical from run to run.
-    """
-    import av
-
-    tmp = path.with_name(path.name + ".part")
-    with av.open(str(tmp), mode="w", format="mp4") as container:
-        stream = container.add_stream("libx264", rate=fps)
-        stream.width, stream.height = video.shape[2], video.shape[1]
-        stream.pix_fmt = "yuv420p"
-        options = {"crf": str(crf), "preset": "veryfast", "threads": "1"}
-        if intra:
-            options["g"] = "1"
-        stream.options = options
-        for frame in video:
-            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
-    tmp.replace(path)  # a killed run leaves a .part file, never a truncated .mp4
 
 
 def make_video(
@@ -232,28 +229,15 @@ def make_video(
     crf: int,
     intra: bool,
     gap: int = 0,
+    colours: str = "fixed",
 ) -> int:
     """Render and encode video `job` = (split, index, class, relative path); return its size in bytes."""
     split, index, cls, rel = job
     rng = np.random.default_rng([seed, SPLIT_CODES[split], index])
     path = videos_dir / rel
-    video = render_video(cls, rng, frames, size, background_pool(seed, size), gap=gap)
+    video = render_video(cls, rng, frames, size, background_pool(seed, size), gap=gap, colours=colours)
     write_mp4(path, video, fps, crf=crf, intra=intra)
     return path.stat().st_size
-
-
-@contextmanager
-def _mapper(workers: int) -> Iterator[Callable]:
-    """`map` in this process (workers <= 1) or an ordered map over a pool of spawned processes."""
-    if workers <= 1:
-        yield map
-        return
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
-
-    # spawn, not fork: the parent may run threads (rich's refresh thread) that fork would copy mid-lock.
-    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as executor:
-        yield lambda fn, items: executor.map(fn, items, chunksize=4)
 
 
 def video_name(cls: SynthClass, group: int, clip: int) -> str:
@@ -308,6 +292,7 @@ def generate(
     crf: int = 20,
     intra: bool = True,
     gap: int = 0,
+    colours: str = "fixed",
     overwrite: bool = False,
     workers: int = 1,
     progress: bool = True,
@@ -322,6 +307,8 @@ def generate(
     """
     if n_train < 0 or n_test < 0 or frames < 2 or size < 32 or fps < 1:
         raise ValueError("need n_train, n_test >= 0, frames >= 2, size >= 32, fps >= 1")
+    if colours not in COLOUR_MODES:
+        raise ValueError(f"colours {colours!r}: choose one of {', '.join(COLOUR_MODES)}")
     if not 0 <= gap <= frames - 2:
         raise ValueError(f"gap {gap}: need 0 <= gap <= frames - 2 so that both events stay visible")
     if size % 2 or size in DECORD_BAD_WIDTHS:
@@ -338,7 +325,9 @@ def generate(
 
     start = time.perf_counter()
     total_bytes = 0
-    options = dict(seed=seed, frames=frames, size=size, fps=fps, crf=crf, intra=intra, gap=gap)
+    options = dict(
+        seed=seed, frames=frames, size=size, fps=fps, crf=crf, intra=intra, gap=gap, colours=colours
+    )
     make = partial(make_video, out / "videos", **options)
     with _progress_bar(progress, len(videos)) as advance, _mapper(workers) as mapper:
         for nbytes in mapper(make, videos):
@@ -363,6 +352,9 @@ def generate(
         "crf": crf,
         "intra": intra,
         "gap": gap,
+        "colour_mode": colours,
+        "colour_pool": [list(c) for c in COLOUR_POOL],
+        "speeds_px_per_frame": {k: v * size for k, v in SPEEDS.items()},
         "digits": list(DIGITS),
         "colours": {str(d): list(c) for d, c in COLOURS.items()},
         "sprite_px": int(digit_sprites(size).shape[1]),
@@ -388,6 +380,7 @@ def generate(
                 "family": c.family,
                 "digits": list(c.digits),
                 "direction": c.direction,
+                "speed": c.speed,
             }
             for c in classes
         ],
@@ -409,16 +402,3 @@ def class_families(out: Path) -> dict[str, str]:
     """Class name -> family ("appearance", "order", "motion") of a generated dataset: per-family scores."""
     meta = json.loads((Path(out) / "classes.json").read_text())
     return {c["name"]: c["family"] for c in meta["classes"]}
-
-
-@contextmanager
-def _progress_bar(enabled: bool, total: int) -> Iterator[Callable[[], None]]:
-    """A rich progress bar (nothing when disabled); yields a function that advances it by one video."""
-    if not enabled:
-        yield lambda: None
-        return
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
-
-    with Progress("{task.description}", BarColumn(), MofNCompleteColumn(), TimeRemainingColumn()) as bar:
-        task_id = bar.add_task("synth videos", total=total)
-        yield lambda: bar.advance(task_id)

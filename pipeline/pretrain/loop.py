@@ -55,6 +55,12 @@ def state_path(out: Path) -> Path:
     return out.with_name(out.name + ".train")
 
 
+def student_path(out: Path) -> Path:
+    """Where SVT writes its student backbone beside the teacher checkpoint ``out`` (``x.pt`` ->
+    ``x.student.pt``), so that the student can be evaluated beside the teacher (issue 14)."""
+    return out.with_name(out.stem + ".student" + out.suffix)
+
+
 class TrainProgress:
     """A rich progress bar with the loss and clips/s (rank 0 only; ``enabled=False`` prints nothing)."""
 

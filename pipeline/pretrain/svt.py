@@ -15,8 +15,8 @@ linear layer to K prototypes; AdamW, cosine learning rate with warm-up, weight d
 (Sec. 4.1), per-parameter gradient clipping at 3.0 and the last layer frozen for the first epoch
 (official code).
 
-Deviation: the paper starts the spatial attention from ImageNet DINO weights; none can be had here, so we
-start from random initialisation (docs/pretrain.md).
+The paper starts the spatial attention from ImageNet DINO weights: ``init_image`` loads a DINO / timm
+image-ViT state dict (:mod:`vcache.pretrain.vit_image`); without one we start from random initialisation.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from vcache.models import VideoBackbone, build_backbone
+from vcache.models import VideoBackbone, build_backbone, save_checkpoint
 from vcache.pretrain.augment import dino_settings, draw_aug
 from vcache.pretrain.data import ClipDataset, GlobalBatchSampler, ViewPlan, make_loader
 from vcache.pretrain.loop import (
@@ -44,6 +44,7 @@ from vcache.pretrain.loop import (
     resume_state,
     save_state,
     state_path,
+    student_path,
 )
 from vcache.pretrain.losses import dino_loss, ema_update, svt_pairs, update_center
 from vcache.runtime.distributed import DistContext, mean_over_ranks
@@ -90,6 +91,8 @@ class SVTConfig:
     seed: int = 0
     device: str = "auto"
     save_every: int = 200
+    # A DINO / timm image-ViT state dict to start from (SVT Sec. 4.1; pipeline/pretrain/vit_image.py).
+    init_image: str | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -223,6 +226,10 @@ def build_student(cfg: SVTConfig) -> MultiViewNet:
         cfg.backbone,
         **{**cfg.backbone_kwargs, "img_size": cfg.global_size, "num_frames": max(cfg.global_frames)},
     )
+    if cfg.init_image:  # the video model starts as the image model on every frame (vit_image.py)
+        from vcache.pretrain.vit_image import load_image_vit
+
+        load_image_vit(backbone, cfg.init_image)  # type: ignore[arg-type]
     return MultiViewNet(
         backbone.train(), DINOHead(backbone.feature_dim, cfg.out_dim, cfg.head_hidden, cfg.head_bottleneck)
     )
@@ -329,6 +336,10 @@ def train_svt(
             if ctx.is_main and cfg.save_every and (step + 1) % cfg.save_every == 0 and step + 1 < total:
                 save_state(spath, state(step + 1))
         clips_per_s = bar.clips_per_s
-    return finish_run(
+    summary = finish_run(
         ctx, "svt", out, teacher.backbone, cfg, losses, total, clips_per_s, state(total), weights="teacher"
     )
+    if ctx.is_main:  # the student beside the teacher (issue 14): the tables evaluate both
+        meta = {**summary, "config": cfg.to_dict(), "losses": losses, "weights": "student"}
+        save_checkpoint(student_path(out), student.backbone, {"pretrain": meta})
+    return summary

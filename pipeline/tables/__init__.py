@@ -21,6 +21,7 @@ One module per concept; data flows down this list (each imports only modules abo
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -69,7 +70,9 @@ __all__ = [
     "render",
     "reproduce",
     "run_plan",
+    "set_threads",
     "stat",
+    "update_readme",
 ]
 
 
@@ -83,12 +86,15 @@ def reproduce(
     executor: str | None = None,
     echo: Callable[[str], None] = print,
     app: Callable[..., Any] | None = None,
+    readme: Path | str | None = None,
 ) -> Path:
     """Build the plan, run what changed, write OUT/tables.md and the figures. Returns the markdown path.
 
     data/splits: a local UCF-101 (or HMDB-51 with fmt_="hmdb51") copy instead of the synthetic set.
     executor: "inprocess" (default: no torch import per step) or "subprocess" (each step isolated).
     app: the `vcache` typer app that in-process steps run (`vcache.cli.app.app`).
+    readme: a README whose orderings table (between ORDERINGS_BEGIN and ORDERINGS_END) is replaced by
+    this run's (OUT/orderings.md).
     """
     b = QUICK if quick else FULL
     out = Path(out)
@@ -99,6 +105,7 @@ def reproduce(
             raise ValueError("DATA needs SPLITS (the folder of train/test lists)")
         src = Source(Path(data), Path(splits), fmt_)
     executor = executor or "inprocess"
+    set_threads(b.threads)
     t0 = time.perf_counter()
     bl, layout = build(b, work, src)
     marks = run_plan(bl.plan, work, executor, echo, app)
@@ -108,9 +115,33 @@ def reproduce(
         else f"{fmt_} at {data} (split 1)"
     )
     path = render(b, layout, marks, out, src_note)
+    if readme:
+        update_readme(Path(readme), (out / "orderings.md").read_text())
     spent = sum(m["seconds"] for m in marks.values())
     echo(
         f"wrote {path} ({len(marks)} steps, {spent:.0f} s of step time in all, "
         f"{time.perf_counter() - t0:.0f} s this run)"
     )
     return path
+
+
+ORDERINGS_BEGIN, ORDERINGS_END = "<!-- orderings:begin -->", "<!-- orderings:end -->"
+
+
+def set_threads(n: int) -> None:
+    """Fix torch's intra-op threads for in-process steps and OMP / MKL threads for subprocess steps: the
+    cells move by points between thread counts (float rounding), so the count is fixed and recorded."""
+    import torch
+
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[var] = str(n)
+    torch.set_num_threads(n)
+
+
+def update_readme(readme: Path, table: str) -> None:
+    """Replace the text between the README's orderings markers with `table` (the markers must exist)."""
+    text = readme.read_text()
+    i, j = text.find(ORDERINGS_BEGIN), text.find(ORDERINGS_END)
+    if i < 0 or j < i:
+        raise ValueError(f"{readme} has no {ORDERINGS_BEGIN} ... {ORDERINGS_END} block")
+    readme.write_text(text[: i + len(ORDERINGS_BEGIN)] + "\n" + table.strip() + "\n" + text[j:])

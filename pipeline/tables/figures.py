@@ -1,4 +1,5 @@
-"""The figures of `reproduce-tables`: one bar chart (SCALE_ft top-1, mean ± std) per SCALE Table 8-11."""
+"""The figures of `reproduce-tables`: one bar chart (SCALE_ft top-1, mean ± std) per SCALE Table 8-11, and
+the loss curve of every pretraining run (issue 14)."""
 
 from __future__ import annotations
 
@@ -44,3 +45,58 @@ def write_figures(out: Path, t8: dict, t9: dict, t10: dict, t11: dict) -> list[P
             list(t11.values()),
         ),  # fmt: skip
     ]
+
+
+def read_losses(ckpts: dict[str, list[Path]]) -> dict[str, dict[str, list[float]]]:
+    """{column key: {checkpoint stem: per-step losses}} from the checkpoints' `pretrain.losses`."""
+    import torch
+
+    out: dict[str, dict[str, list[float]]] = {}
+    for key, paths in ckpts.items():
+        for p in paths:
+            if Path(p).exists():
+                cfg = torch.load(p, map_location="cpu", weights_only=True).get("config") or {}
+                losses = (cfg.get("pretrain") or {}).get("losses")
+                if losses:
+                    out.setdefault(key, {})[Path(p).stem] = [float(x) for x in losses]
+    return out
+
+
+def write_loss_curves(out: Path, ckpts: dict[str, list[Path]], batch: int) -> Path | None:
+    """Save every pretraining run's loss curve (OUT/pretrain_losses.json) and plot them, one panel per
+    method, with CVRL's chance level ln(2N - 1) for a batch of N videos (OUT/pretrain_losses.png)."""
+    import json
+    import math
+
+    curves = read_losses(ckpts)
+    if not curves:
+        return None
+    chance = math.log(2 * batch - 1)
+    (out / "pretrain_losses.json").write_text(
+        json.dumps({"cvrl_chance": chance, "curves": curves}, indent=1) + "\n"
+    )
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    methods = {"cvrl": [k for k in curves if "svt" not in k], "svt": [k for k in curves if "svt" in k]}
+    methods = {m: ks for m, ks in methods.items() if ks}
+    fig, axes = plt.subplots(1, len(methods), figsize=(5.5 * len(methods), 3.4), squeeze=False)
+    for ax, (method, keys) in zip(axes[0], methods.items(), strict=True):
+        for i, key in enumerate(keys):
+            for j, losses in enumerate(curves[key].values()):
+                mark = "o" if len(losses) < 20 else None  # a run of a few steps is a few points
+                ax.plot(range(1, len(losses) + 1), losses, color=f"C{i}", lw=1, marker=mark, ms=3,
+                        label=key if j == 0 else None)  # fmt: skip
+        if method == "cvrl":
+            ax.axhline(chance, color="k", ls="--", lw=1, label=f"chance ln(2·{batch}-1) = {chance:.2f}")
+        ax.set_xlabel("step")
+        ax.set_ylabel("loss")
+        ax.set_title(f"{method.upper()} pretraining loss (every seed)", fontsize=9)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    path = out / "pretrain_losses.png"
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path

@@ -11,7 +11,8 @@ from pathlib import Path
 from typing import Any
 
 from vcache.tables.budgets import ABLATION_COLUMN, COLUMNS, Budget
-from vcache.tables.figures import write_figures
+from vcache.tables.confidence import HELD, INCONCLUSIVE, REVERSED, combine, compare, describe, not_worse
+from vcache.tables.figures import write_figures, write_loss_curves
 from vcache.tables.papers import (
     PAPER_ABL_HEAD,
     PAPER_CVRL,
@@ -91,25 +92,15 @@ HONESTY = (
 # The orderings a table should show, and whether they held.
 
 
-Check = tuple[str, bool | None]  # (ordering, held?) None: a cell is missing
+# (ordering, result): result = confidence.compare's dict (verdict held / reversed / inconclusive / not
+# measured, difference and 95 % bootstrap interval in top-1 points over test videos and runs).
+Check = tuple[str, dict]
 
 
-def _verdict(ok: bool | None) -> str:
-    return "yes" if ok else "no" if ok is False else "not measured"
-
-
-def _mean(s: tuple[float, float, int] | None) -> float | None:
-    return None if s is None else s[0]
-
-
-def _gt(a: float | None, b: float | None) -> bool | None:
-    return None if a is None or b is None else a > b
-
-
-def _ge_all(a: tuple | None, others: list[tuple | None]) -> bool | None:
-    if a is None or any(o is None for o in others):
-        return None
-    return all(a[0] >= o[0] for o in others)  # type: ignore[index]
+def _best(cells: dict, keys: list) -> Any:
+    """The key of the cell with the highest mean top-1 among `keys` (None when none was measured)."""
+    scored = [(s[0], k) for k in keys if (s := stat(cells[k])) is not None]
+    return max(scored, key=lambda t: t[0])[1] if scored else None
 
 
 # One section per table (or group of tables): markdown and its ordering checks.
@@ -142,19 +133,31 @@ def _main_section(b: Budget, layout: dict[str, Any]) -> tuple[str, list[Check]]:
         + "R(2+1)D / STiCA column: not run (STiCA pretraining is not in the plan yet; see docs/tables.md).\n"
     )
     checks: list[Check] = []
+    lay = layout["main"]
     for c in cols:
         t = COLUMNS[c].title
         for row in ("scale_ft", "scale_linear"):
-            ok = _gt(_mean(main[(c, row)]), _mean(main[(c, "linear")]))
-            checks.append((f"{t}: {ROW_NAMES[row]} > Linear", ok))
+            checks.append((f"{t}: {ROW_NAMES[row]} > Linear", compare(lay[(c, row)], lay[(c, "linear")])))
         checks.append(
-            (f"{t}: SCALE_k-NN > k-NN", _gt(_mean(main[(c, "scale_knn")]), _mean(main[(c, "knn")])))
+            (f"{t}: SCALE_ft > Transformer", compare(lay[(c, "scale_ft")], lay[(c, "transformer")]))
         )
-    for rnd, pre in (("r3d_random", "r3d_cvrl"), ("vit_random", "vit_svt")):
-        if rnd in cols and pre in cols:
-            ok = _gt(_mean(main[(pre, "linear")]), _mean(main[(rnd, "linear")]))
-            checks.append((f"{COLUMNS[pre].title} above random init (Linear)", ok))
+        checks.append((f"{t}: Transformer > Linear", compare(lay[(c, "transformer")], lay[(c, "linear")])))
+        checks.append((f"{t}: SCALE_k-NN > k-NN", compare(lay[(c, "scale_knn")], lay[(c, "knn")])))
+    # Pretraining comparisons (issue 14): each pretrained column against random init and against the
+    # batch-norm-statistics control (the same run at lr 0), on k-NN and on linear.
+    for pre, controls in PRETRAIN_CONTROLS.items():
+        for ctl in (c for c in controls if c in cols and pre in cols):
+            for row in ("knn", "linear"):
+                name = f"{COLUMNS[pre].title} above {COLUMNS[ctl].title} ({ROW_NAMES[row]})"
+                checks.append((name, compare(lay[(pre, row)], lay[(ctl, row)])))
     return md, checks
+
+
+PRETRAIN_CONTROLS = {
+    "r3d_cvrl": ("r3d_random", "r3d_cvrl_bn"),
+    "vit_svt": ("vit_random",),  # a ViT has no batch norm: its lr-0 run is its random init
+    "vit_svt_student": ("vit_random",),
+}
 
 
 def _paper_t11(k: int, bs: int, t11: dict) -> tuple:
@@ -188,22 +191,18 @@ def _ablation_sections(b: Budget, layout: dict[str, Any]) -> tuple[str, list[Che
     rows = [[k, bs, fmt(v), _paper4(_paper_t11(k, bs, t["t11"]))] for (k, bs), v in t["t11"].items()]
     md += _table(["views per set (2 sets)", "batch", "ours", "paper, batch 256/512/1024 by rank"], rows)
 
-    t8, t9, t10, t11 = t["t8"], t["t9"], t["t10"], t["t11"]
-    checks: list[Check] = [
-        ("T8: SET + MCM ≥ each alone", _ge_all(t8["SET + MCM"], [t8["SET only"], t8["MCM only"]]))
-    ]
-    best = max((v for v in t9.values() if v), key=lambda v: v[0], default=None)
-    at25 = t9.get(0.25)
-    ok = None if best is None or at25 is None else at25[0] >= best[0] - max(best[1], at25[1])
-    checks.append(("T9: mask 0.25 the best or within one std of it", ok))
-    d1 = max((v[0] for (_, d), v in t10.items() if v and d == 1), default=None)
-    d2 = max((v[0] for (_, d), v in t10.items() if v and d >= 2), default=None)
-    checks.append(("T10: best with ≥ 2 layers above best with 1 layer", _gt(d2, d1)))
-    bmax = max(bs for _, bs in t11)
-    hi, lo = t11.get((max(b.views), bmax)), t11.get((min(b.views), bmax))
-    checks.append(
-        (f"T11: {max(b.views)} views above {min(b.views)} (largest batch)", _gt(_mean(hi), _mean(lo)))
-    )
+    l8, l9, l10, l11 = (layout[n] for n in ("t8", "t9", "t10", "t11"))
+    both = [compare(l8["SET + MCM"], l8[k]) for k in ("SET only", "MCM only")]
+    checks: list[Check] = [("T8: SET + MCM ≥ each alone", combine(both))]
+    best = _best(l9, [m for m in l9 if m != 0.25])
+    r9 = not_worse(l9[0.25], l9[best]) if 0.25 in l9 and best is not None else {"verdict": "not measured"}
+    checks.append((f"T9: mask 0.25 within the interval of the best other mask ({best})", r9))
+    d1, d2 = _best(l10, [k for k in l10 if k[1] == 1]), _best(l10, [k for k in l10 if k[1] >= 2])
+    r10 = compare(l10[d2], l10[d1]) if d1 and d2 else {"verdict": "not measured"}
+    checks.append((f"T10: best with ≥ 2 layers {d2} above best with 1 layer {d1}", r10))
+    bmax = max(bs for _, bs in l11)
+    hi, lo = l11.get((max(b.views), bmax), []), l11.get((min(b.views), bmax), [])
+    checks.append((f"T11: {max(b.views)} views above {min(b.views)} (largest batch)", compare(hi, lo)))
     return md, checks, t
 
 
@@ -257,10 +256,12 @@ def _cvrl_section(layout: dict[str, Any]) -> tuple[str, list[Check]]:
         "setting named; paper: linear evaluation on Kinetics-400 (Fig. 3 gives its numbers only in a plot).\n"
         + _table(["pretraining", "ours (linear)", "paper"], rows)
     )
-    g = {k: _mean(v) for k, v in cv.items()}
+    lc = layout["cvrl"]
     return md, [
-        ("CVRL: decreasing above increasing interval", _gt(g["r3d_cvrl"], g["cvrl_increasing"])),
-        ("CVRL: consistent above per-frame augmentation", _gt(g["r3d_cvrl"], g["cvrl_perframe"])),
+        ("CVRL: decreasing above increasing interval", compare(lc["r3d_cvrl"], lc["cvrl_increasing"])),
+        ("CVRL: decreasing ≥ uniform interval", compare(lc["r3d_cvrl"], lc["cvrl_uniform"])),
+        ("CVRL: uniform above increasing interval", compare(lc["cvrl_uniform"], lc["cvrl_increasing"])),
+        ("CVRL: consistent above per-frame augmentation", compare(lc["r3d_cvrl"], lc["cvrl_perframe"])),
     ]
 
 
@@ -277,8 +278,9 @@ def _svt_section(layout: dict[str, Any]) -> tuple[str, list[Check]]:
         " UCF-101 / HMDB-51 (ViT-B pretrained on Kinetics-400).\n"
         + _table(["losses on", "ours k-NN", "ours linear", "paper UCF / HMDB"], rows)
     )
-    alone = [sv["svt_nomotion"]["linear"], sv["svt_nocross"]["linear"]]
-    return md, [("SVT: both losses ≥ each alone (linear)", _ge_all(sv["vit_svt"]["linear"], alone))]
+    ls = layout["svt"]
+    both = [compare(ls["vit_svt"]["linear"], ls[k]["linear"]) for k in ("svt_nomotion", "svt_nocross")]
+    return md, [("SVT: both losses ≥ each alone (linear)", combine(both))]
 
 
 def _stica_section(layout: dict[str, Any]) -> tuple[str, list[Check]]:
@@ -321,16 +323,21 @@ def _stica_section(layout: dict[str, Any]) -> tuple[str, list[Check]]:
         + "\nPaper column: Table 1b as printed (its first row, no feature crops, is 54.0). The paper's "
         "prose and Table 1e give the spatial-only 1×6² + 2×4² variant 59.9, not 58.4 (docs/tables.md).\n"
     )
-    rows = list(st.values())
-    ok = _gt(_mean(rows[-1]), _mean(rows[0]))
-    return md, [("STiCA 1b (head-only): the paper's best view set above no feature crops", ok)]
+    runs = list(layout["stica_1b"].values())
+    ok = compare(runs[-1], runs[0])
+    return md, [("STiCA 1b (head-only): the paper's best view set above the full-map crop", ok)]
 
 
 def render(b: Budget, layout: dict[str, Any], marks: dict[str, dict], out: Path, src_note: str) -> Path:
     """Write OUT/tables.md, OUT/orderings.json and the Table 8-11 figures; returns the markdown path."""
     out.mkdir(parents=True, exist_ok=True)
-    ns = len(b.seeds)
-    seeds_note = f"mean ± std over {ns} stage-2 seeds" if ns > 1 else "one stage-2 seed (QUICK)"
+    ns = max(len(b.seeds), len(b.pretrain_seeds))
+    seeds_note = (
+        f"mean ± std over {ns} runs (pretraining seeds {list(b.pretrain_seeds)} paired with stage-2 seeds "
+        f"{list(b.seeds)}; k-NN one run per pretraining seed); torch threads {b.threads}"
+        if ns > 1
+        else f"one run (QUICK); torch threads {b.threads}"
+    )
     scale = (
         f"Scale: {src_note}; {b.crops} train crops and {b.layout} eval clips per video; aggregators "
         f"{b.agg_epochs} epochs, probes ≤ {b.probe_epochs} epochs; CVRL {b.cvrl_steps} and SVT {b.svt_steps} "
@@ -357,11 +364,37 @@ def render(b: Budget, layout: dict[str, Any], marks: dict[str, dict], out: Path,
     part, c = _stica_section(layout)
     md.append(part)
     checks += c
-    md.append("\n## Which orderings reproduced in this run\n")
-    md += [f"- {_verdict(ok)}: {name}\n" for name, ok in checks]
+    md.append(
+        "\n## Which orderings reproduced in this run\n"
+        "Each ordering: **held** when the 95 % bootstrap interval of the difference in top-1 (resampling "
+        "test videos and runs; docs/tables.md) lies above 0, **reversed** when below, **inconclusive** "
+        f"when it contains 0. Torch threads: {b.threads}.\n"
+    )
+    counts = {v: sum(r["verdict"] == v for _, r in checks) for v in (HELD, REVERSED, INCONCLUSIVE)}
+    md.append(", ".join(f"{n} {v}" for v, n in counts.items()) + ".\n\n")
+    md += [f"- {describe(r)}: {name}\n" for name, r in checks]
     figs = write_figures(out, abl["t8"], abl["t9"], abl["t10"], abl["t11"])
+    curves = write_loss_curves(out, layout.get("pretrain", {}), b.pre_batch)
+    if curves:
+        figs.append(curves)
     md.append("\nFigures: " + ", ".join(f"[{f.name}]({f.name})" for f in figs) + "\n")
     path = out / "tables.md"
     path.write_text("".join(md))
-    (out / "orderings.json").write_text(json.dumps({n: ok for n, ok in checks}, indent=1) + "\n")
+    meta = {"budget": b.name, "threads": b.threads, "pretrain_seeds": list(b.pretrain_seeds)}
+    meta["stage2_seeds"] = list(b.seeds)
+    orderings = {"_run": meta, **{n: r for n, r in checks}}
+    (out / "orderings.json").write_text(json.dumps(orderings, indent=1, ensure_ascii=False) + "\n")
+    (out / "orderings.md").write_text(orderings_table(checks))
     return path
+
+
+def orderings_table(checks: list[Check]) -> str:
+    """The README's orderings table, generated from the run's checks (verdict, Δ and 95 % interval)."""
+    rows = []
+    for name, r in checks:
+        ci = f"{r['diff']:+.1f} [{r['ci95'][0]:+.1f}, {r['ci95'][1]:+.1f}]" if "ci95" in r else ""
+        if not ci and r.get("parts"):
+            ci = "; ".join(f"{p['diff']:+.1f} [{p['ci95'][0]:+.1f}, {p['ci95'][1]:+.1f}]" for p in r["parts"]
+                           if "ci95" in p)  # fmt: skip
+        rows.append([name, r["verdict"], ci])
+    return _table(["ordering", "verdict", "Δ top-1 [95 % CI]"], rows).lstrip("\n")

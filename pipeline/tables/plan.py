@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from vcache.pretrain.loop import student_path
 from vcache.tables.budgets import ABLATION_COLUMN, COLUMNS, AggCfg, Budget, Column
 from vcache.tables.runner import Plan, Step
 
@@ -49,7 +50,8 @@ class Builder:
                 Step(
                     "synth",
                     ["synth", str(data), "--train", str(b.train), "--test", str(b.test), "--task", b.task,
-                     "--seed", "0", "--frames", str(b.frames), "--size", str(b.size), "--overwrite", "-q"],
+                     "--seed", "0", "--frames", str(b.frames), "--size", str(b.size), "--colours", b.colours,
+                     "--overwrite", "-q"],
                     [data / "classes.json"],
                 )
             )  # fmt: skip
@@ -59,6 +61,7 @@ class Builder:
             self.data_deps = []
         self.src = src
         self.n_train = b.train if self.data_deps else 0  # 0: unknown (real data), batch fractions of 9537
+        self.ckpts: dict[str, list[Path]] = {}  # pretraining column key -> its checkpoints (loss curves)
 
     def _data_args(self) -> list[str]:
         return [str(self.src.videos), "--format", self.src.fmt, "--annotations", str(self.src.annotations)]
@@ -71,22 +74,33 @@ class Builder:
             out += ["--input-size", str(self.b.input_size)]
         return out
 
-    def pretrain(self, col: Column) -> tuple[str | None, Path | None]:
+    def runs(self) -> list[tuple[int, int]]:
+        """(pretraining seed, stage-2 seed) of each run of a cell: as many runs as the longer list."""
+        ps, ss = self.b.pretrain_seeds, self.b.seeds
+        return [(ps[r % len(ps)], ss[r % len(ss)]) for r in range(max(len(ps), len(ss)))]
+
+    def pretrain(self, col: Column, pseed: int = 0) -> tuple[str | None, Path | None]:
         if col.method is None:
             return None, None
-        ckpt = self.work / "ckpt" / f"{col.key}.pt"
+        if col.student and col.of:  # the student written beside the teacher by the same run
+            dep, teacher = self.pretrain(COLUMNS[col.of], pseed)
+            return dep, student_path(teacher)  # type: ignore[arg-type]
+        ckpt = self.work / "ckpt" / f"{col.key}_p{pseed}.pt"
         steps = self.b.cvrl_steps if col.method == "cvrl" else self.b.svt_steps
         argv = ["pretrain", col.method, *self._data_args(), "--subset", "train", "--out", str(ckpt)]
-        argv += ["--preset", "cpu", "--backbone", col.backbone, "--steps", str(steps), "--seed", "0"]
+        argv += ["--preset", "cpu", "--backbone", col.backbone, "--steps", str(steps), "--seed", str(pseed)]
         argv += ["--batch-size", str(self.b.pre_batch), "--workers", "0", "--overwrite", "-q"]
         if col.method == "cvrl":
             argv += self._size_args()
-        elif self.b.input_size:
-            argv += ["--global-size", str(self.b.input_size), "--local-size", str(self.b.input_size // 2)]
+        else:
+            argv += ["--momentum-teacher", f"{svt_momentum(steps):g}"]
+            if self.b.input_size:
+                argv += ["--global-size", str(self.b.input_size), "--local-size", str(self.b.input_size // 2)]
         argv += list(col.pretrain_args)
-        name = self.plan.add(
-            Step(f"pretrain/{col.key}", argv, [ckpt, Path(str(ckpt) + ".train")], self.data_deps)
-        )
+        outs = [ckpt, Path(str(ckpt) + ".train")] + ([student_path(ckpt)] if col.method == "svt" else [])
+        name = self.plan.add(Step(f"pretrain/{col.key}_p{pseed}", argv, outs, self.data_deps))
+        if ckpt not in self.ckpts.setdefault(col.key, []):
+            self.ckpts[col.key].append(ckpt)
         return name, ckpt
 
     def _extract_argv(self, col: Column, subset: str, out: Path) -> list[str]:
@@ -102,21 +116,23 @@ class Builder:
             str(out),
         ]
 
-    def store(self, col: Column, kind: str) -> tuple[str, Path]:
+    def store(self, col: Column, kind: str, pseed: int = 0) -> tuple[str, Path]:
         """kind: train16 (train mode, SCALE's cache), train_eval or test_eval (eval layout)."""
-        dep, ckpt = self.pretrain(col)
-        out = self.work / "stores" / col.key / f"{kind}.zarr"
+        dep, ckpt = self.pretrain(col, pseed)
+        out = self.work / "stores" / f"{col.key}_p{pseed}" / f"{kind}.zarr"
         subset = "test" if kind == "test_eval" else "train"
         argv = self._extract_argv(col, subset, out)
         if ckpt is not None:
             argv += ["--checkpoint", str(ckpt)]
+        else:  # random init: the pretraining seed is the init seed
+            argv += ["--init-seed", str(pseed)]
         if kind == "train16":
             argv += ["--mode", "train", "--crops", str(self.b.crops)]
         else:
             argv += ["--mode", "eval", "--layout", self.b.layout]
         argv += [*self._size_args(), "--workers", "0", "-q"]
         deps = self.data_deps + ([dep] if dep else [])
-        return self.plan.add(Step(f"extract/{col.key}/{kind}", argv, [out], deps)), out
+        return self.plan.add(Step(f"extract/{col.key}_p{pseed}/{kind}", argv, [out], deps)), out
 
     def default_cfg(self) -> AggCfg:
         return AggCfg(k=self.b.crops // 2, batch=self.batch_size(self.b.default_batch_frac))
@@ -126,9 +142,9 @@ class Builder:
         # batch sizes as fractions of the train set instead (1.0 = whole set, as the paper's 512 on HMDB).
         return max(2, round(frac * self.n_train)) if self.n_train else round(frac * 1024)
 
-    def aggregator(self, col: Column, cfg: AggCfg, seed: int) -> tuple[str, Path]:
-        dep, store = self.store(col, "train16")
-        out = self.work / "agg" / col.key / f"{cfg.tag}_s{seed}.pt"
+    def aggregator(self, col: Column, cfg: AggCfg, seed: int, pseed: int = 0) -> tuple[str, Path]:
+        dep, store = self.store(col, "train16", pseed)
+        out = self.work / "agg" / f"{col.key}_p{pseed}" / f"{cfg.tag}_s{seed}.pt"
         argv = [
             "train-aggregator",
             "scale",
@@ -142,21 +158,27 @@ class Builder:
         argv += ["--depth", str(cfg.depth), "--batch-size", str(cfg.batch), "--seed", str(seed), "-q"]
         argv += AGG_HEADS
         argv += ([] if cfg.mcm else ["--no-mcm"]) + ([] if cfg.set else ["--no-set"])
-        return self.plan.add(Step(f"agg/{col.key}/{cfg.tag}_s{seed}", argv, [out], [dep])), out
+        return self.plan.add(Step(f"agg/{col.key}_p{pseed}/{cfg.tag}_s{seed}", argv, [out], [dep])), out
 
     def probe(
-        self, col: Column, probe: str, seed: int, cfg: AggCfg | None = None, fixed: bool = False
+        self,
+        col: Column,
+        probe: str,
+        seed: int,
+        cfg: AggCfg | None = None,
+        fixed: bool = False,
+        pseed: int = 0,
     ) -> Path:
         """Add one probe run; returns the folder its JSON will be written to."""
-        d1, tr = self.store(col, "train_eval")
-        d2, te = self.store(col, "test_eval")
+        d1, tr = self.store(col, "train_eval", pseed)
+        d2, te = self.store(col, "test_eval", pseed)
         deps = [d1, d2]
         tag = f"{probe}_s{seed}" + (f"_{cfg.tag}" if cfg and probe.startswith("scale") else "")
         tag += "_fixed" if fixed and PROBE_CMD[probe] != "knn" else ""
-        out = self.work / "probes" / col.key / tag
+        out = self.work / "probes" / f"{col.key}_p{pseed}" / tag
         argv = ["probe", PROBE_CMD[probe], str(tr), str(te), "--out", str(out), "--seed", str(seed)]
         if probe.startswith("scale"):
-            dep, agg = self.aggregator(col, cfg or self.default_cfg(), seed)
+            dep, agg = self.aggregator(col, cfg or self.default_cfg(), seed, pseed)
             deps.append(dep)
             argv += ["--aggregator", str(agg)]
         if PROBE_CMD[probe] != "knn":
@@ -166,7 +188,7 @@ class Builder:
                     PROBE_CMD[probe]
                 ]
                 argv += ["--lr", lr, "--wd", wd]
-        self.plan.add(Step(f"probe/{col.key}/{tag}", argv, [out], deps))
+        self.plan.add(Step(f"probe/{col.key}_p{pseed}/{tag}", argv, [out], deps))
         return out
 
     def stica_1b(self, seeds: Sequence[int]) -> dict[str, list[Path]]:
@@ -281,12 +303,13 @@ def build(b: Budget, work: Path, src: Source | None = None) -> tuple[Builder, di
     """The whole plan; returns the builder and a layout saying which result folder fills which cell."""
     bl = Builder(b, work, src)
     layout: dict[str, Any] = {"main": {}, "t8": {}, "t9": {}, "t10": {}, "t11": {}, "cvrl": {}, "svt": {}}
-    seeds = b.seeds
+    seeds, runs = b.seeds, bl.runs()
+    knn_runs = [(p, seeds[0]) for p in b.pretrain_seeds]  # k-NN has no randomness: one run per weights
     for key in b.columns:
         col = COLUMNS[key]
         for probe in PROBES_MAIN:
-            ss = seeds[:1] if probe == "knn" else seeds  # k-NN has no randomness: one run
-            layout["main"][(key, probe)] = [bl.probe(col, probe, s) for s in ss]
+            rs = knn_runs if probe == "knn" else runs
+            layout["main"][(key, probe)] = [bl.probe(col, probe, s, pseed=p) for p, s in rs]
     col = COLUMNS[ABLATION_COLUMN]
     base = bl.default_cfg()
 
@@ -309,12 +332,20 @@ def build(b: Budget, work: Path, src: Source | None = None) -> tuple[Builder, di
                 AggCfg(**{**base.__dict__, "k": k, "batch": bl.batch_size(f)})
             )
     for key in ("r3d_cvrl", "cvrl_uniform", "cvrl_increasing", "cvrl_perframe"):
-        layout["cvrl"][key] = [bl.probe(COLUMNS[key], "linear", s) for s in seeds]
+        layout["cvrl"][key] = [bl.probe(COLUMNS[key], "linear", s, pseed=p) for p, s in runs]
     for key in ("vit_svt", "svt_nomotion", "svt_nocross"):
         layout["svt"][key] = {
-            "knn": [bl.probe(COLUMNS[key], "knn", seeds[0])],
-            "linear": [bl.probe(COLUMNS[key], "linear", s) for s in seeds],
+            "knn": [bl.probe(COLUMNS[key], "knn", s, pseed=p) for p, s in knn_runs],
+            "linear": [bl.probe(COLUMNS[key], "linear", s, pseed=p) for p, s in runs],
         }
     layout["t1"] = bl.measure_t1()
     layout["stica_1b"] = bl.stica_1b(seeds)
+    layout["pretrain"] = dict(bl.ckpts)
     return bl, layout
+
+
+def svt_momentum(steps: int) -> float:
+    """SVT's starting teacher momentum for a run of `steps` (our rule, issue 14): DINO's 0.996 suits
+    ~10^5 steps; an EMA's memory is about 1 / (1 - m) steps, so we keep it at a tenth of the run or less,
+    m = 1 - 10 / steps, within [0.9, 0.996] (6 steps: 0.9; 2500 steps and more: 0.996)."""
+    return float(min(0.996, max(0.9, 1 - 10 / max(1, steps))))

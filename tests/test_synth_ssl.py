@@ -1,0 +1,103 @@
+"""`vcache synth` for self-supervision (issue 14): colours from a shared pool (shape tells the class),
+backgrounds that change within a video, and the speed family; checked on decoded frames."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import decord
+import numpy as np
+import pytest
+
+from vcache.data.synth import (
+    COLOUR_POOL,
+    SPEEDS,
+    background_pool,
+    class_list,
+    digit_sprites,
+    generate,
+    render_video,
+)
+
+FRAMES, SIZE = 16, 64
+
+
+def decode(path: Path) -> np.ndarray:
+    reader = decord.VideoReader(str(path))
+    return reader.get_batch(list(range(len(reader)))).asnumpy().astype(np.float32) / 255.0
+
+
+def digit_colour(video: np.ndarray) -> np.ndarray:
+    """Mean RGB of the saturated pixels (the background is grey, so they are the digit's)."""
+    saturated = (video.max(axis=-1) - video.min(axis=-1)) > 0.5  # the sprite's core, not its blended edge
+    assert saturated.sum() > 10 * len(video), "the digit should be visible in every frame"
+    return video[saturated].mean(axis=0)
+
+
+@pytest.fixture(scope="module")
+def pooled(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("synth_pool")
+    generate(out, n_train=40, n_test=0, frames=FRAMES, size=SIZE, task="appearance", colours="pool",
+             progress=False)  # fmt: skip
+    return out
+
+
+def test_pooled_colours_come_from_the_pool_and_do_not_tell_the_class(pooled: Path) -> None:
+    pool = np.asarray(COLOUR_POOL)
+    colour_of: dict[str, set[int]] = {}
+    for rel in (line.split()[0] for line in (pooled / "splits" / "trainlist01.txt").read_text().splitlines()):
+        rgb = digit_colour(decode(pooled / "videos" / rel))
+        # Blending and the codec pull the colour towards the grey background: compare directions from grey.
+        chroma = (pool - 0.5) / np.linalg.norm(pool - 0.5, axis=1, keepdims=True)
+        cos = chroma @ ((rgb - 0.5) / np.linalg.norm(rgb - 0.5))
+        best, second = np.sort(cos)[::-1][:2]
+        assert best > 0.97 and second < best - 0.03, (rel, rgb, cos)
+        dist = -cos
+        colour_of.setdefault(rel.split("/")[0], set()).add(int(dist.argmin()))
+    # 8 videos a class: each class shows several colours, and classes share colours.
+    assert all(len(c) >= 3 for c in colour_of.values()), colour_of
+    shared = set.intersection(*colour_of.values()) | set()
+    pairs = [a & b for a in colour_of.values() for b in colour_of.values() if a is not b]
+    assert any(pairs), (colour_of, shared)
+
+
+def test_background_changes_within_a_video(pooled: Path) -> None:
+    """The grey texture away from the digit differs between frames of one video (the pool changes at
+    segment boundaries), so a static per-video background cannot identify the video."""
+    video = decode(next((pooled / "videos").rglob("*.mp4")))
+    grey = ((video.max(axis=-1) - video.min(axis=-1)) < 0.1).all(axis=0)  # never under the digit
+    assert grey.sum() > 100
+    diffs = [np.abs(video[t, ..., 0][grey] - video[0, ..., 0][grey]).mean() for t in range(len(video))]
+    assert max(diffs) > 0.03  # another texture (amplitude 0.10) in at least one segment
+    assert min(diffs[1:]) < 0.03  # and the same texture within a segment (noise only)
+
+
+def test_pooled_colour_is_drawn_last_so_fixed_videos_keep_their_pixels() -> None:
+    """Rendered with the same generator state, "fixed" and "pool" differ only on the digit."""
+    cls = class_list("order")[0]
+    pool = background_pool(0, 32)
+    a = render_video(cls, np.random.default_rng(5), 8, 32, pool).astype(int)
+    b = render_video(cls, np.random.default_rng(5), 8, 32, pool, colours="pool").astype(int)
+    differs = np.abs(a - b).max(axis=-1) > 0
+    assert differs.any() and (differs.sum(axis=(1, 2)) < digit_sprites(32)[0].size).all()
+
+
+def test_speed_classes_move_at_their_speed(tmp_path: Path) -> None:
+    generate(tmp_path, n_train=8, n_test=0, frames=FRAMES, size=SIZE, task="speed", progress=False)
+    for rel in (
+        line.split()[0] for line in (tmp_path / "splits" / "trainlist01.txt").read_text().splitlines()
+    ):
+        cls = next(c for c in class_list("speed") if c.name == rel.split("/")[0])
+        video = decode(tmp_path / "videos" / rel)
+        mask = (video.max(axis=-1) - video.min(axis=-1)) > 0.35
+        # The wrapped shift (any direction) that best maps frame t onto frame t + 2.
+        best, score = None, -1
+        for dy in range(-8, 9):
+            for dx in range(-8, 9):
+                if dy and dx:
+                    continue
+                s = int(np.sum(np.roll(mask[:-2], (dy, dx), axis=(1, 2)) & mask[2:]))
+                if s > score:
+                    best, score = (dy, dx), s
+        px = abs(best[0]) + abs(best[1])
+        assert px == round(2 * SPEEDS[cls.speed] * SIZE), (rel, best)

@@ -1,0 +1,40 @@
+"""The default plan's controls (issue 14), read from its command lines without running them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from vcache.tables import FULL, QUICK, build
+from vcache.tables.plan import svt_momentum
+
+
+def test_default_plan_has_controls_seeds_and_the_shape_task(tmp_path: Path) -> None:
+    bl, layout = build(FULL, tmp_path)
+    steps = bl.plan.steps
+    synth = steps["synth"].argv
+    assert synth[synth.index("--colours") + 1] == "pool" and synth[synth.index("--test") + 1] == "300"
+    # three pretraining seeds for every pretrained column, the lr-0 control among them
+    assert all(len(v) == 3 for v in layout["pretrain"].values())
+    bn = steps["pretrain/r3d_cvrl_bn_p2"].argv
+    assert bn[bn.index("--lr") + 1] == "0" and bn[bn.index("--seed") + 1] == "2"
+    cvrl = steps["pretrain/r3d_cvrl_p2"].argv
+    assert bn == [a.replace("r3d_cvrl_p2", "r3d_cvrl_bn_p2") for a in cvrl] + ["--lr", "0"]  # same run
+    # random init: the pretraining seed is the init seed
+    rnd = steps["extract/r3d_random_p1/test_eval"].argv
+    assert rnd[rnd.index("--init-seed") + 1] == "1"
+    # each cell's runs pair pretraining seed r with stage-2 seed r; k-NN one run per pretraining seed
+    lin = layout["main"][("r3d_cvrl", "linear")]
+    assert [p.parent.name + "/" + p.name for p in lin] == [f"r3d_cvrl_p{r}/linear_s{r}" for r in range(3)]
+    assert len(layout["main"][("r3d_cvrl", "knn")]) == 3
+    # SVT: momentum suited to its steps, the student probed from the same run
+    svt = steps["pretrain/vit_svt_p0"].argv
+    assert float(svt[svt.index("--momentum-teacher") + 1]) == svt_momentum(FULL.svt_steps) < 0.996
+    student = steps["extract/vit_svt_student_p0/test_eval"]
+    assert student.argv[student.argv.index("--checkpoint") + 1].endswith("vit_svt_p0.student.pt")
+    assert "pretrain/vit_svt_p0" in student.deps
+
+
+def test_svt_momentum_rule() -> None:
+    assert svt_momentum(6) == 0.9 and svt_momentum(100) == 0.9
+    assert abs(svt_momentum(1000) - 0.99) < 1e-12 and svt_momentum(10**6) == 0.996
+    assert QUICK.pretrain_seeds == (0,) and FULL.threads == 2
