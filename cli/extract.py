@@ -47,8 +47,11 @@ def extract_cmd(
     videos: Path = typer.Argument(
         ..., help="Root folder of the videos (paths in the manifest are relative to it)."
     ),
-    out: Path = typer.Option(
-        ..., "--out", "-o", help="Store to write (a Zarr folder). Rerunning resumes it."
+    out: str = typer.Option(
+        ...,
+        "--out",
+        "-o",
+        help="Store to write: a Zarr folder, or a URL such as s3://bucket/train.zarr. Rerunning resumes it.",
     ),
     fmt: str = typer.Option(
         "folder",
