@@ -123,9 +123,11 @@ class Remote:
             pass
 
     def list(self, prefix: str = "") -> list[str]:
+        """Keys starting with `prefix` (a string prefix: obstore's own is by whole path segments)."""
+        folder = prefix.rsplit("/", 1)[0] if "/" in prefix else ""
         out = []
-        for batch in self._ob.list(self.obj, prefix=prefix or None):
-            out.extend(m["path"] for m in batch)
+        for batch in self._ob.list(self.obj, prefix=folder or None):
+            out.extend(m["path"] for m in batch if m["path"].startswith(prefix))
         return sorted(out)
 
     def delete_all(self, prefix: str = "") -> int:

@@ -24,6 +24,7 @@ import json
 import os
 import socket
 import time
+import uuid
 from collections.abc import Callable
 
 import zarr
@@ -47,7 +48,8 @@ def _pid_alive(pid: int) -> bool:
 
 
 def _me() -> dict:
-    return {"host": socket.gethostname(), "pid": os.getpid(), "time": time.time()}
+    """Who writes an object; the nonce makes every version's bytes, hence its ETag (an MD5 on S3), unique."""
+    return {"host": socket.gethostname(), "pid": os.getpid(), "time": time.time(), "nonce": uuid.uuid4().hex}
 
 
 def _load(loc: Remote, key: str) -> dict | None:
@@ -70,7 +72,9 @@ def _take_over(loc: Remote, key: str) -> bool:
         loc.put_if_absent(f"{key}.takeover-{tag}", json.dumps(_me()).encode())
     except AlreadyExists:
         return False
-    loc.delete(key)
+    again = loc.head(key)  # still the version we judged dead (not one created after its removal)?
+    if again is not None and str(again.get("e_tag") or again.get("last_modified")).strip('"') == tag:
+        loc.delete(key)
     return True
 
 
@@ -182,7 +186,7 @@ class RemoteLock:
         finally:
             self.loc.delete(mutex)
         for key in self.loc.list(f"{LOCK_DIR}/"):  # takeover keys of objects long gone: leftovers
-            if ".takeover-" in key and time.time() - _mtime(self.loc, key) > 3600:
+            if ".takeover-" in key and time.time() - _mtime(self.loc, key) > 600:
                 self.loc.delete(key)
         import threading
 
@@ -232,7 +236,7 @@ class RemoteClaims:
         return not any(r.get("run_id") == rec.get("run_id") for r in live)
 
     def claim(self, shard: int) -> bool:
-        rec = {"run_id": self.lock.run_id, "host": self.host, "pid": self.pid}
+        rec = {**_me(), "run_id": self.lock.run_id}
         for _ in range(3):
             try:
                 self.loc.put_if_absent(self.key(shard), json.dumps(rec).encode())
@@ -246,7 +250,11 @@ class RemoteClaims:
         return False
 
     def release(self, shard: int) -> None:
+        """Give the claim back, with the takeover keys of its dead predecessors (the shard is written, or
+        given back unwritten: no process still judges those old versions)."""
         self.loc.delete(self.key(shard))
+        for key in self.loc.list(f"{self.key(shard)}.takeover-"):
+            self.loc.delete(key)
 
     def live(self) -> list[int]:
         out = []
