@@ -179,3 +179,25 @@ def test_a_second_run_is_refused_by_the_lease(s3, tiny_dataset, tmp_path):
     assert r.returncode == 3, r.stderr
     assert open_store(url).status().tolist() == [DONE, FAILED, DONE]
     assert not loc.list(f"{LOCK_DIR}/")
+
+
+def test_probe_and_scale_read_their_stores_from_s3(s3, tmp_path):
+    """The same stores locally and on S3 give the same k-NN result; make_store writes through create_store."""
+    sys.path.insert(0, str(Path(__file__).parent))
+    from stage2_helpers import make_store
+    from typer.testing import CliRunner
+
+    from vcache.cli.app import app
+
+    results = {}
+    for where in ("local", "s3"):
+        base = str(tmp_path) if where == "local" else "s3://vc-test/probe"
+        train = make_store(f"{base}/train.zarr", n_videos=32, crops=6, mode="eval", seed=2)
+        test = make_store(f"{base}/test.zarr", n_videos=16, crops=6, mode="eval", seed=1)
+        out = tmp_path / f"r-{where}"
+        r = CliRunner().invoke(app, ["probe", "knn", str(train), str(test), "--out", str(out), "--k", "5"])
+        assert r.exit_code == 0, r.output
+        (res,) = out.rglob("*.json")
+        results[where] = json.loads(res.read_text())
+    assert results["s3"]["metrics"] == results["local"]["metrics"]
+    assert "s3://vc-test/probe/test.zarr" in json.dumps(results["s3"])  # provenance names the URL
