@@ -201,3 +201,57 @@ def test_probe_and_scale_read_their_stores_from_s3(s3, tmp_path):
         results[where] = json.loads(res.read_text())
     assert results["s3"]["metrics"] == results["local"]["metrics"]
     assert "s3://vc-test/probe/test.zarr" in json.dumps(results["s3"])  # provenance names the URL
+
+
+def test_a_store_is_invisible_until_its_root_is_written(s3):
+    """A creation that stops half-way (an exception here, a kill in the SIGKILL test) publishes nothing."""
+    from vcache.store import StoreError
+    from vcache.store.remote import create_remote
+
+    loc = location("s3://vc-test/half.zarr")
+    attrs = {
+        "schema_version": 1,
+        "n_videos": 1,
+        "crops_per_video": 1,
+        "videos_per_shard": 1,
+        "feature_dim": 1,
+    }
+
+    def build(root):
+        root.create_group("videos").create_array("status", shape=(1,), dtype="uint8")
+        raise RuntimeError("killed while building")
+
+    with pytest.raises(RuntimeError):
+        create_remote(loc, build, attrs)
+    assert not published(loc)
+    with pytest.raises(StoreError, match="not a vcache store"):
+        open_store(loc)
+
+
+def test_torchrun_two_nodes_write_one_s3_store(s3, tiny_dataset, local_reference):
+    """Two torchrun "nodes" (one process each, rendezvous on localhost) write one store URL."""
+    url = "s3://vc-test/ddp.zarr"
+    torchrun = str(Path(sys.executable).parent / "torchrun")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    common = ["--nnodes", "2", "--nproc-per-node", "1", "--rdzv-backend", "c10d", "--rdzv-id", "vc-s3"]
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    common += ["--rdzv-endpoint", f"127.0.0.1:{port}"]
+    nodes = [
+        subprocess.Popen(
+            [torchrun, *common, "--node-rank", str(i), "-m", "vcache.cli", *_args(tiny_dataset, url)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+        for i in range(2)
+    ]
+    for p in nodes:
+        _, err = p.communicate(timeout=300)
+        assert p.returncode == 0, err[-3000:]
+    _same(local_reference, url)
+    assert verify(url, require_complete=True)[0] == [] and not location(url).list(f"{LOCK_DIR}/")
