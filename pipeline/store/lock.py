@@ -25,26 +25,11 @@ import time
 import uuid
 from pathlib import Path
 
+from vcache.store.lease import StoreLocked, pid_alive, shares_overlap
+
 LOCK_DIR = ".vcache-locks"
 MUTEX_STALE_S = 30.0  # a lock check takes milliseconds; a mutex this old was left by a dead process
-
-
-class StoreLocked(RuntimeError):
-    """Another live run is writing shards of this store."""
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def shares_overlap(a: tuple[int, int], b: tuple[int, int], n_shards: int) -> bool:
-    return any(s % a[1] == a[0] and s % b[1] == b[0] for s in range(n_shards))
+_pid_alive = pid_alive
 
 
 def new_run_id() -> str:

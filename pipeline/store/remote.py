@@ -29,22 +29,14 @@ from collections.abc import Callable
 
 import zarr
 
+from vcache.store.lease import StoreLocked, shares_overlap
+from vcache.store.lease import pid_alive as _pid_alive
 from vcache.store.location import AlreadyExists, Remote
 
 LOCK_DIR = ".vcache-locks"
 CREATED = ".vcache-created"
 OTHER_HOST_DEAD_S = 3600.0  # a creation marker from another host this old is a dead creation
 MUTEX_STALE_S = 30.0
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _me() -> dict:
@@ -150,8 +142,6 @@ class RemoteLock:
         return out
 
     def acquire(self, wait_s: float = 60.0) -> None:
-        from vcache.store.lock import StoreLocked, shares_overlap
-
         mutex = f"{LOCK_DIR}/acquire.mutex"
         deadline = time.monotonic() + wait_s
         while True:
