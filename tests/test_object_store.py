@@ -255,3 +255,9 @@ def test_torchrun_two_nodes_write_one_s3_store(s3, tiny_dataset, local_reference
         assert p.returncode == 0, err[-3000:]
     _same(local_reference, url)
     assert verify(url, require_complete=True)[0] == [] and not location(url).list(f"{LOCK_DIR}/")
+
+
+def test_a_missing_bucket_is_one_line(s3, tiny_dataset):
+    r = _run(*_args(tiny_dataset, "s3://no-such-bucket/x.zarr"), check=False)
+    assert r.returncode == 1 and "cannot write the store at s3://no-such-bucket/x.zarr" in r.stderr
+    assert "Traceback" not in r.stderr and "RetryError" not in r.stderr
