@@ -261,3 +261,18 @@ def test_a_missing_bucket_is_one_line(s3, tiny_dataset):
     r = _run(*_args(tiny_dataset, "s3://no-such-bucket/x.zarr"), check=False)
     assert r.returncode == 1 and "cannot write the store at s3://no-such-bucket/x.zarr" in r.stderr
     assert "Traceback" not in r.stderr and "RetryError" not in r.stderr
+
+
+def test_storage_option_on_the_command_line(s3, tiny_dataset, monkeypatch):
+    """`vcache --storage-option endpoint=...` reaches the bucket without AWS_ENDPOINT_URL."""
+    url = "s3://vc-test/runs/train.zarr"  # made by test_extract_to_s3_then_stage2_verify_export
+    if not published(location(url)):
+        _run(*_args(tiny_dataset, url))
+    endpoint = os.environ["AWS_ENDPOINT_URL"]
+    monkeypatch.delenv("AWS_ENDPOINT_URL")
+    r = _run("--storage-option", f"endpoint={endpoint}", "inspect", url)
+    assert "r3d_18_narrow" in r.stdout + r.stderr
+    r = _run("--storage-option", "endpoint=http://127.0.0.1:9", "inspect", url, check=False)  # closed port
+    assert r.returncode != 0  # the option is what reached the server above
+    r = _run("--storage-option", "no-equals-sign", "inspect", url, check=False)
+    assert r.returncode == 2 and "KEY=VALUE" in r.stderr

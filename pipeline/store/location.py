@@ -63,7 +63,7 @@ class Remote:
         self.url = url
         self._ob = obstore
         opts = {**storage_options(), **(options or {})}
-        endpoint = opts.get("endpoint_url") or os.environ.get("AWS_ENDPOINT_URL", "")
+        endpoint = opts.get("endpoint") or opts.get("endpoint_url") or os.environ.get("AWS_ENDPOINT_URL", "")
         client = {"allow_http": True} if endpoint.startswith("http://") or opts.get("allow_http") else {}
         opts.pop("allow_http", None)
         kw: dict[str, Any] = {"client_options": client}
