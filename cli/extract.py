@@ -47,8 +47,11 @@ def extract_cmd(
     videos: Path = typer.Argument(
         ..., help="Root folder of the videos (paths in the manifest are relative to it)."
     ),
-    out: Path = typer.Option(
-        ..., "--out", "-o", help="Store to write (a Zarr folder). Rerunning resumes it."
+    out: str = typer.Option(
+        ...,
+        "--out",
+        "-o",
+        help="Store to write: a Zarr folder, or a URL such as s3://bucket/train.zarr. Rerunning resumes it.",
     ),
     fmt: str = typer.Option(
         "folder",
@@ -234,8 +237,16 @@ def extract_cmd(
             report = extract(manifest, out, model, settings, opts, progress=prog)
     except (StoreError, StoreLocked, ValueError, WorkerStartError) as e:
         fail(str(e))
-    except OSError as e:
-        fail(f"cannot write the store at {out}: {e}")
+    except OSError as e:  # object storage's errors carry the whole HTTP exchange: its first line says it
+        fail(f"cannot write the store at {out}: {(str(e).strip() or type(e).__name__).splitlines()[0]}")
+    except Exception as e:
+        if not type(e).__module__.startswith("obstore"):
+            raise
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        fail(
+            f"object storage refused {out}: {type(e).__name__}: {first}. Check the bucket and the AWS_* "
+            "variables, then rerun the same command to resume"
+        )
     _print_report(report, quiet)
     if checkpoint is None and model.checkpoint is None and ":" not in backbone:
         console.print(f"weights: random init (seed {init_seed})")

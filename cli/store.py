@@ -14,7 +14,7 @@ from vcache.cli.tree import app
 
 @app.command("inspect")
 def inspect_cmd(
-    store: Path = typer.Argument(..., help="A store made by `vcache extract`."),
+    store: str = typer.Argument(..., help="A store made by `vcache extract` (a folder or a URL)."),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
 ) -> None:
     """Summarise a store: videos done / failed (with reasons), dims, provenance."""
@@ -72,7 +72,7 @@ def inspect_cmd(
 
 @app.command("export")
 def export_cmd(
-    store: Path = typer.Argument(..., help="A store made by `vcache extract`."),
+    store: str = typer.Argument(..., help="A store made by `vcache extract` (a folder or a URL)."),
     out: Path = typer.Argument(..., help="HDF5 file to write (same array names; attributes as JSON)."),
 ) -> None:
     """Write a store's arrays to one HDF5 file (h5py), for tools that do not read Zarr."""
@@ -87,7 +87,7 @@ def export_cmd(
 
 @app.command("verify")
 def verify_cmd(
-    store: Path = typer.Argument(..., help="A store made by `vcache extract`."),
+    store: str = typer.Argument(..., help="A store made by `vcache extract` (a folder or a URL)."),
     complete: bool = typer.Option(False, "--complete", help="Also fail when videos are still pending."),
 ) -> None:
     """Check a store: shapes and dtypes, finite done rows, valid boxes, failure reasons, provenance,

@@ -56,7 +56,22 @@ def _refuse_torchrun(command: str) -> None:
 
 
 @app.callback()
-def _root(ctx: typer.Context) -> None:
+def _root(
+    ctx: typer.Context,
+    storage_option: list[str] = typer.Option(
+        [],
+        "--storage-option",
+        help="KEY=VALUE for stores on object storage (obstore's config keys, e.g. endpoint=http://host:9000, "
+        "region=eu-west-1); repeatable; added to VCACHE_STORAGE_OPTIONS. The AWS_* variables work too.",
+    ),
+) -> None:
+    bad = [o for o in storage_option if "=" not in o or "," in o]
+    if bad:
+        typer.echo(f"error: --storage-option takes KEY=VALUE without commas, got {bad[0]!r}", err=True)
+        raise typer.Exit(2)
+    if storage_option:
+        have = os.environ.get("VCACHE_STORAGE_OPTIONS", "")
+        os.environ["VCACHE_STORAGE_OPTIONS"] = ",".join(filter(None, [have, *storage_option]))
     if ctx.invoked_subcommand:
         _refuse_torchrun(ctx.invoked_subcommand)
 

@@ -42,7 +42,8 @@ from vcache.store import (
     FeatureStore,
     Reason,
 )
-from vcache.store.lock import ShardClaims, StoreLock, StoreLocked, new_run_id
+from vcache.store.location import Remote, location
+from vcache.store.lock import StoreLocked, claims_for, new_run_id, open_lock
 from vcache.store.verify import damaged_shards, mark_for_repair
 
 
@@ -93,7 +94,7 @@ def extract(
     failed) and "shard"; the CLI draws its progress bar from it.
     """
     t_start = time.perf_counter()
-    out = Path(out)
+    out = location(out)  # a Path, or a Remote for a URL (s3://...)
     rank, world = dist_rank_world()
     dist = _Dist(world, opts.barrier_timeout_s)
     if opts.part is not None:
@@ -110,13 +111,13 @@ def extract(
     args = (out, list(manifest.paths), list(manifest.labels), settings.k, backbone.feature_dim, attrs, opts)
     run_id = dist.broadcast(opts.run_id or new_run_id())
     first = rank == 0 or not dist.active
-    if first and opts.overwrite and out.exists():
+    if first and opts.overwrite and (isinstance(out, Remote) or out.exists()):
         _check_unlocked(out, run_id)  # never delete a store that a live run is writing
-        shutil.rmtree(out)
+        out.delete_all() if isinstance(out, Remote) else shutil.rmtree(out)
     store = lock = None
     if first:  # torchrun: rank 0 alone, before the others start writing
         store = open_or_create(*args, map_shape)
-        lock = StoreLock(out, (rank, world), run_id, store.n_shards)
+        lock = open_lock(out, (rank, world), run_id, store.n_shards)
         lock.acquire()
     try:
         cleaned = clean_leftovers(out, lock) if first else 0
@@ -126,11 +127,11 @@ def extract(
         dist.barrier()
         if store is None:
             store = open_or_create(*args, map_shape)
-            lock = StoreLock(out, (rank, world), run_id, store.n_shards)
+            lock = open_lock(out, (rank, world), run_id, store.n_shards)
             lock.acquire()
         job = _Job(store, manifest, backbone, settings, opts, device, map_shape)
         job.cleaned, job.repaired = cleaned, repaired
-        job.run(rank, world, progress, ShardClaims(lock))
+        job.run(rank, world, progress, claims_for(lock))
         if dist.active:
             job.wait_for_claims()
     finally:
@@ -140,8 +141,8 @@ def extract(
     return job.report(t_start)
 
 
-def _check_unlocked(out: Path, run_id: str) -> None:
-    probe = StoreLock(out, (0, 1), run_id, 1)
+def _check_unlocked(out, run_id: str) -> None:
+    probe = open_lock(out, (0, 1), run_id, 1)
     for _, rec in probe.holders():
         if rec.get("run_id") != run_id and not probe.is_stale(rec):
             raise StoreLocked(
@@ -182,7 +183,7 @@ class _Job:
         self.cleaned = 0
         self.repaired: dict[int, str] = {}
         self.open_shards: set[int] = set()  # claimed, not yet written
-        self.claims: ShardClaims | None = None
+        self.claims = None  # ShardClaims or RemoteClaims
 
     def _pending(self, s: int) -> bool:
         vids = self.store.shard_videos(s)
@@ -215,7 +216,7 @@ class _Job:
         while self.claims.live():
             time.sleep(poll_s)
 
-    def run(self, rank: int, world: int, progress, claims: ShardClaims) -> None:
+    def run(self, rank: int, world: int, progress, claims) -> None:
         self.progress, self.claims, self.open_shards = progress, claims, set()
         try:
             self._run(rank, world)

@@ -25,6 +25,7 @@ from vcache.store import (
     manifest_hash,
     open_store,
 )
+from vcache.store.location import Remote, location
 from vcache.store.lock import StoreLock, others_alive
 
 
@@ -66,8 +67,16 @@ def _comparable(attrs: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _exists(out) -> bool:
+    if isinstance(out, Remote):
+        from vcache.store.remote import published
+
+        return published(out)
+    return (out / "zarr.json").exists()
+
+
 def open_or_create(
-    out: Path,
+    out: Path | Remote,
     paths: list[str],
     labels: list[int],
     k: int,
@@ -79,9 +88,11 @@ def open_or_create(
     """Open `out` to resume it, or create it; refuse to append with different settings.
 
     Safe with several processes: creation renames a complete store into place, and a process that loses
-    the race opens the winner's store (whose settings then must match its own).
+    the race opens the winner's store (whose settings then must match its own). On object storage a
+    conditional-put marker elects the creator (vcache.store.remote).
     """
-    if not (out / "zarr.json").exists():
+    out = location(out)
+    if not _exists(out):
         try:
             return create_store(
                 out,
@@ -95,7 +106,7 @@ def open_or_create(
                 map_shape=map_shape,
             )
         except OSError:
-            if not (out / "zarr.json").exists():
+            if not _exists(out):
                 raise
     store = open_store(out, mode="r+")
     want = dict(attrs)
@@ -118,11 +129,14 @@ def open_or_create(
     return store
 
 
-def clean_leftovers(out: Path, lock: StoreLock | None = None, young_s: float = 600.0) -> int:
+def clean_leftovers(out: Path | Remote, lock: StoreLock | None = None, young_s: float = 600.0) -> int:
     """Remove what killed runs left: half-built `.NAME.creating-*` folders whose process is gone, and
     zarr's `*.partial` temporaries. While another run holds a live lock on the store (a `--part` running
     beside this one), a temporary younger than ``young_s`` may be its write in progress (zarr renames it
-    within the chunk write) and is left alone."""
+    within the chunk write) and is left alone. On object storage a put is whole or absent: no temporaries
+    (a dead creation is redone by `create_remote`, dead locks and claims are taken over)."""
+    if isinstance(out, Remote):
+        return 0
     n = 0
     for d in out.parent.glob(f".{out.name}.creating-*"):
         if creation_is_dead(d):

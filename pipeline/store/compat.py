@@ -6,13 +6,14 @@ from pathlib import Path
 from typing import Any
 
 from vcache.store.format import StoreError
+from vcache.store.location import normalise
 
 
 # -- stores: provenance and compatibility ---------------------------------------------------------------
 def store_provenance(attrs: dict[str, Any], path: str | Path | None = None) -> dict[str, Any]:
     """What a result or checkpoint records about the store it came from."""
     return {
-        "path": str(path) if path is not None else None,
+        "path": str(normalise(path)) if path is not None else None,  # a URL stays a URL
         "backbone": attrs.get("backbone"),
         "sampling": attrs.get("sampling"),
         "manifest_hash": attrs.get("manifest_hash"),

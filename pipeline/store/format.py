@@ -47,6 +47,7 @@ import numpy as np
 import zarr
 
 from vcache.data.records import FAILED, PENDING, VideoMeta
+from vcache.store.location import Remote, location
 
 SCHEMA_VERSION = 1
 CHUNK_BYTES = 1 << 20  # zarr chunks of at least ~1 MB read and write efficiently
@@ -106,8 +107,8 @@ def _rows_per_chunk(rows_per_shard: int, row_bytes: int) -> int:
 class FeatureStore:
     """A handle on one store. Open with `open_store` or make with `create_store`."""
 
-    def __init__(self, path: str | Path, group: zarr.Group):
-        self.path = Path(path)
+    def __init__(self, path: str | Path | Remote, group: zarr.Group):
+        self.path = location(path)  # a Path, or a Remote (str() gives its URL)
         self.group = group
         self.attrs: dict[str, Any] = dict(group.attrs)
         if self.attrs.get("schema_version") != SCHEMA_VERSION:
@@ -231,7 +232,10 @@ class FeatureStore:
 
     # -- housekeeping ---------------------------------------------------------------------------
     def partial_files(self) -> list[Path]:
-        """Temporary files a killed write leaves (zarr writes `name.<uuid>.partial`, then renames)."""
+        """Temporary files a killed write leaves (zarr writes `name.<uuid>.partial`, then renames). None on
+        object storage: a put is whole or absent."""
+        if isinstance(self.path, Remote):
+            return []
         return sorted(self.path.rglob("*.partial"))
 
     def clean_partial_files(self) -> int:
@@ -279,29 +283,50 @@ def create_store(
 
     The store is built in a temporary folder beside `path` and renamed into place, so a store that exists
     is complete: a kill during creation leaves only a `.NAME.creating-*` folder, removed by the next run.
+    On object storage (no rename) a conditional-put creation marker elects one creator and the root
+    attributes are written last (`vcache.store.remote.create_remote`).
     """
-    n, k = len(paths), crops_per_video
+    n = len(paths)
     if n == 0:
         raise StoreError("no videos to store")
-    vps = max(1, min(videos_per_shard, n))
-    final = Path(path)
-    for old in final.parent.glob(f".{final.name}.creating-*"):
-        if creation_is_dead(old):  # not another process's creation in progress (--part runs)
-            shutil.rmtree(old, ignore_errors=True)
-    tmp = final.parent / f".{final.name}.creating-{uuid.uuid4().hex[:8]}-{os.getpid()}-{socket.gethostname()}"
-    root = zarr.open_group(str(tmp), mode="w")
     full = dict(attrs)
     full.update(
         schema_version=SCHEMA_VERSION,
         n_videos=n,
-        crops_per_video=k,
-        videos_per_shard=vps,
+        crops_per_video=crops_per_video,
+        videos_per_shard=max(1, min(videos_per_shard, n)),
         feature_dim=feature_dim,
         feature_dtype=feature_dtype,
         map_shape=list(map_shape) if map_shape else None,
         manifest_hash=manifest_hash(paths, labels),
     )
-    root.attrs.update(json.loads(json.dumps(full)))  # plain JSON types only
+    full = json.loads(json.dumps(full))  # plain JSON types only
+    loc = location(path)
+    if isinstance(loc, Remote):
+        from vcache.store.remote import create_remote
+
+        create_remote(loc, lambda root: _build(root, paths, labels, full), full)
+        return open_store(loc, mode="r+")
+    final = loc
+    for old in final.parent.glob(f".{final.name}.creating-*"):
+        if creation_is_dead(old):  # not another process's creation in progress (--part runs)
+            shutil.rmtree(old, ignore_errors=True)
+    tmp = final.parent / f".{final.name}.creating-{uuid.uuid4().hex[:8]}-{os.getpid()}-{socket.gethostname()}"
+    root = zarr.open_group(str(tmp), mode="w")
+    root.attrs.update(full)
+    _build(root, paths, labels, full)
+    try:
+        os.rename(tmp, final)  # atomic; fails if `path` appeared meanwhile (another process won)
+    except OSError:
+        shutil.rmtree(tmp, ignore_errors=True)  # our own half of the race: leave nothing behind
+        raise
+    return open_store(final, mode="r+")
+
+
+def _build(root: zarr.Group, paths, labels, full: dict[str, Any]) -> None:
+    """Every array of an empty store (all videos pending) under `root`."""
+    n, k, vps = len(paths), int(full["crops_per_video"]), int(full["videos_per_shard"])
+    feature_dim, feature_dtype, map_shape = full["feature_dim"], full["feature_dtype"], full["map_shape"]
     v = root.create_group("videos")
     v.create_array("path", shape=(n,), dtype=str, chunks=(n,))[:] = np.asarray(paths, dtype=str)
     v.create_array("label", shape=(n,), dtype="int32", chunks=(n,))[:] = np.asarray(labels, dtype=np.int32)
@@ -332,20 +357,20 @@ def create_store(
             shards=(srows, *tail) if chunk_rows < srows else None,
             fill_value=fill,
         )
-    try:
-        os.rename(tmp, final)  # atomic; fails if `path` appeared meanwhile (another process won)
-    except OSError:
-        shutil.rmtree(tmp, ignore_errors=True)  # our own half of the race: leave nothing behind
-        raise
-    return open_store(final, mode="r+")
 
 
-def open_store(path: str | Path, mode: str = "r") -> FeatureStore:
-    p = Path(path)
-    if not (p / "zarr.json").exists():
+def open_store(path: str | Path | Remote, mode: str = "r") -> FeatureStore:
+    p = location(path)
+    if isinstance(p, Remote):
+        if p.read("zarr.json") is None:
+            raise StoreError(f"{p}: not a vcache store (no zarr.json)")
+        where: Any = p.zarr_store(read_only=mode == "r")
+    elif not (p / "zarr.json").exists():
         raise StoreError(f"{p}: not a vcache store (no zarr.json)")
+    else:
+        where = str(p)
     try:
-        group = zarr.open_group(str(p), mode=mode)
+        group = zarr.open_group(where, mode=mode)
     except Exception as e:  # zarr raises several types for malformed metadata
         raise StoreError(f"{p}: cannot open as a Zarr group: {e}") from e
     if "schema_version" not in group.attrs:

@@ -25,26 +25,11 @@ import time
 import uuid
 from pathlib import Path
 
+from vcache.store.lease import StoreLocked, pid_alive, shares_overlap
+
 LOCK_DIR = ".vcache-locks"
 MUTEX_STALE_S = 30.0  # a lock check takes milliseconds; a mutex this old was left by a dead process
-
-
-class StoreLocked(RuntimeError):
-    """Another live run is writing shards of this store."""
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def shares_overlap(a: tuple[int, int], b: tuple[int, int], n_shards: int) -> bool:
-    return any(s % a[1] == a[0] and s % b[1] == b[0] for s in range(n_shards))
+_pid_alive = pid_alive
 
 
 def new_run_id() -> str:
@@ -255,8 +240,36 @@ def others_alive(lock: StoreLock) -> bool:
     return any(r.get("run_id") != lock.run_id and not lock.is_stale(r) for _, r in lock.holders())
 
 
+def open_lock(store, share: tuple[int, int], run_id: str, n_shards: int, **kw):
+    """The run lock of a store: `StoreLock` for a folder, `RemoteLock` on object storage."""
+    from vcache.store.location import Remote, location
+
+    loc = location(store)
+    if isinstance(loc, Remote):
+        from vcache.store.remote import RemoteLock
+
+        return RemoteLock(loc, share, run_id, n_shards, **kw)
+    return StoreLock(loc, share, run_id, n_shards, **kw)
+
+
+def claims_for(lock):
+    """Shard claims beside `lock` (`ShardClaims`, or `RemoteClaims` on object storage)."""
+    if isinstance(lock, StoreLock):
+        return ShardClaims(lock)
+    from vcache.store.remote import RemoteClaims
+
+    return RemoteClaims(lock)
+
+
 def force_unlock(store: str | Path) -> int:
     """Remove every lock of a store; returns how many there were."""
+    from vcache.store.location import Remote, location
+
+    loc = location(store)
+    if isinstance(loc, Remote):
+        keys = [k for k in loc.list(f"{LOCK_DIR}/") if k.endswith(".json") and "/shard-" not in k]
+        loc.delete_all(f"{LOCK_DIR}/")
+        return len(keys)
     d = Path(store) / LOCK_DIR
     n = len(list(d.glob("*.json"))) if d.exists() else 0
     shutil.rmtree(d, ignore_errors=True)

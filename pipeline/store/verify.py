@@ -207,7 +207,9 @@ def verify(path: str | Path, require_complete: bool = False) -> tuple[list[str],
         i = int(np.flatnonzero(status == DONE)[0])
         if not np.isfinite(g["crops/maps"][i * k : i * k + 1].astype(np.float32)).all():
             problems.append(f"{paths[i]}: non-finite feature map")
-    leftovers = st.partial_files() + sorted(st.path.parent.glob(f".{st.path.name}.creating-*"))
+    leftovers = st.partial_files()
+    if isinstance(st.path, Path):  # a store on object storage has no temporaries (a put is whole or absent)
+        leftovers += sorted(st.path.parent.glob(f".{st.path.name}.creating-*"))
     problems += [f"half-written file left by a killed run: {p}" for p in leftovers[:10]]
     counts = {
         "videos": n,
