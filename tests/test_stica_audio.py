@@ -78,3 +78,25 @@ def test_the_audio_window_starts_at_the_first_frame_of_the_pair() -> None:
         boxes = np.array([[10 / 40, 34 / 40, 0, 0, 1, 1], [10 / 40, 34 / 40, 0, 0, 1, 1]], np.float32)
 
     assert clip_start_s(Res()) == pytest.approx(0.4)
+
+
+def test_a_state_file_from_before_the_audio_settings_still_resumes(av_videos: Path, tmp_path: Path) -> None:
+    from vcache.learn.stica import ViewConfig
+    from vcache.pretrain.stica import _AUDIO_KEYS
+
+    manifest = load_manifest("folder", av_videos)
+    views = ViewConfig(
+        spatial_medium_size=2, spatial_small_size=1, temporal_medium_size=2, temporal_small_size=1
+    )
+    base = dict(backbone="r2plus1d_18_narrow", clip_frames=24, frame_stride=1, input_size=32, width=32)
+    base |= dict(views=views, batch_size=3, workers=0, lr=0.01)
+    out = tmp_path / "old.pt"
+    pretrain_stica(manifest, out, PretrainSticaConfig(**base, epochs=1), device="cpu", max_steps=1)
+    state_file = out.with_name(out.name + ".state")
+    state = torch.load(state_file, weights_only=False)
+    state["config"] = {k: v for k, v in state["config"].items() if k not in _AUDIO_KEYS}
+    torch.save(state, state_file)
+    res = pretrain_stica(manifest, out, PretrainSticaConfig(**base, epochs=1), device="cpu", resume=True)
+    assert res.epochs_done == 1
+    with pytest.raises(ValueError, match="settings differ"):  # but other settings are still compared
+        pretrain_stica(manifest, out, PretrainSticaConfig(**base, epochs=1, audio=True), resume=True)
