@@ -130,7 +130,7 @@ def _epoch_settings(cfg: PretrainSticaConfig, pre: Preprocessing, epoch: int) ->
 
 def _clips(
     manifest: Any, settings: CropSettings, order: np.ndarray, pool: DecodePool, stats: dict[str, int]
-) -> Iterator[np.ndarray]:
+) -> Iterator[Any]:
     """Yield each decodable video's result (crops: its (2, T, S, S, 3) uint8 pair) in `order`, decoding
     ahead in `pool`."""
     root = Path(manifest.root)
