@@ -211,8 +211,15 @@ def pretrain_stica_cmd(
     resume: bool = typer.Option(False, "--resume", help="Continue from --out and its .state file."),
     device: str = typer.Option("auto", help=options.DEVICE_HELP),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress output."),
+    audio: bool = typer.Option(
+        False, "--audio/--no-audio", help="Add the cross-modal term (eq. 7, ResNet-9 on 1-s log-mel audio)."
+    ),
+    lambda_vv: float = typer.Option(0.5, help="Weight of the within-video term with --audio (paper: 0.5)."),
+    lambda_va: float = typer.Option(0.5, help="Weight of the cross-modal term with --audio (paper: 0.5)."),
+    audio_base: int = typer.Option(64, help="ResNet-9 first-stage channels (paper: 64; narrower for CPU)."),
 ) -> None:
-    """End-to-end STiCA (video only): feature crops + temporal transformer with the trunk trainable."""
+    """End-to-end STiCA: feature crops + temporal transformer with the trunk trainable; --audio adds the
+    paper's cross-modal term (videos without an audio stream are left out of it and counted)."""
     options.check_device(device)
     from vcache.data.datasets import ManifestError, load_manifest
     from vcache.learn.stica import ViewConfig
@@ -253,6 +260,10 @@ def pretrain_stica_cmd(
         epochs=epochs,
         seed=seed,
         workers=workers,
+        audio=audio,
+        audio_base=audio_base,
+        lambda_vv=lambda_vv,
+        lambda_va=lambda_va,
     )
 
     def on_step(info: dict[str, float]) -> None:
@@ -267,6 +278,8 @@ def pretrain_stica_cmd(
         fail(str(e))
     console.print(
         f"[green]done[/] {MODE_NAME}: {res.epochs_done} epochs, {res.steps} steps -> {out} "
-        f"({res.failed_videos} undecodable video draws skipped); load it with "
+        f"({res.failed_videos} undecodable video draws skipped"
+        + (f"; {res.no_audio_videos} videos without audio left out of L_va" if audio else "")
+        + "); load it with "
         f"`vcache extract --backbone {backbone} --checkpoint {out}`"
     )

@@ -40,6 +40,9 @@ def synth_cmd(
     workers: int = typer.Option(1, help="Processes that render and encode (same files for any value)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace the dataset in a non-empty OUT."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar and no summary."),
+    audio: bool = typer.Option(
+        False, "--audio", help="Add an AAC track: a tone per digit while it is shown, silence in the gap."
+    ),
 ) -> None:
     """Generate a labelled synthetic video set on which per-clip, mean-pooled and order-aware models differ.
 
@@ -66,6 +69,10 @@ def synth_cmd(
             overwrite=overwrite,
             progress=not quiet,
         )
+        if audio:
+            from vcache.data.synth_audio import add_audio
+
+            add_audio(out, seed=seed)
     except (FileExistsError, ValueError) as err:
         fail(str(err))
     if not quiet:

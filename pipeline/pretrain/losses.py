@@ -14,10 +14,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 __all__ = [
+    "cross_modal_loss",
     "dino_cross_entropy",
     "dino_loss",
     "ema_update",
     "info_nce",
+    "nce",
+    "stica_total",
     "svt_pairs",
     "teacher_targets",
     "update_center",
@@ -137,3 +140,64 @@ def ema_update(teacher: nn.Module, student: nn.Module, momentum: float) -> None:
         pt.mul_(momentum).add_(ps.detach(), alpha=1 - momentum)
     for bt, bs in zip(teacher.buffers(), student.buffers(), strict=True):
         bt.copy_(bs)
+
+
+def nce(anchors: Tensor, candidates: Tensor, temperature: float = 0.1, offset: int = 0) -> Tensor:
+    """STiCA eq. 1, L(alpha, beta): mean over the n anchors z_alpha,i of
+    -log softmax_j(sim(z_alpha,i, z_beta,j) / tau) at j = offset + i (cosine similarity).
+
+    ``candidates`` (N, d) are the beta embeddings of the whole (possibly gathered, rank order) batch, and
+    ``offset`` is where this rank's n videos start in them; the other videos are the negatives.
+    """
+    n, big_n = anchors.shape[0], candidates.shape[0]
+    if anchors.dim() != 2 or candidates.dim() != 2 or anchors.shape[1] != candidates.shape[1]:
+        raise ValueError(
+            f"anchors {tuple(anchors.shape)} and candidates {tuple(candidates.shape)}: need (n, d), (N, d)"
+        )
+    if big_n < 2 or not 0 <= offset <= big_n - n:
+        raise ValueError(f"offset {offset} does not place {n} anchors among {big_n} candidates (need N >= 2)")
+    logits = F.normalize(anchors, dim=1) @ F.normalize(candidates, dim=1).T / temperature
+    return F.cross_entropy(logits, torch.arange(n, device=anchors.device) + offset)
+
+
+def cross_modal_loss(
+    v1: Tensor,
+    v2: Tensor,
+    a: Tensor,
+    temperature: float = 0.1,
+    all_v1: Tensor | None = None,
+    all_v2: Tensor | None = None,
+    all_a: Tensor | None = None,
+    offset: int = 0,
+) -> Tensor:
+    """STiCA's cross-modal term (Sec. 3.4, eq. 7): L_va = L(v_L1, a) + L(v_L2, a) + L(a, v_L1) + L(a, v_L2),
+    each term eq. 1 at tau = 0.1 (appendix), returned as the mean of the four terms.
+
+    v1, v2: (n, d) embeddings of the two uncropped large crops of each video; a: (n, d) its audio embedding.
+    The paper writes the sum; the official code averages the four (0.5 x the symmetric GDT loss of each
+    crop, each itself 0.5 x (av + va)), which keeps it on the scale of the within-video mean. The official
+    code also detaches the candidates (gradients only through the anchors); we keep eq. 1's full gradient.
+    Distributed: ``all_*`` are the gathered (with gradient, rank order) embeddings and ``offset`` is this
+    rank's start, as in :func:`info_nce`.
+    """
+    if not v1.shape == v2.shape == a.shape:
+        raise ValueError(
+            f"v1, v2 and a must have one shape, got {tuple(v1.shape)}, {tuple(v2.shape)}, {tuple(a.shape)}"
+        )
+    all_v1 = v1 if all_v1 is None else all_v1
+    all_v2 = v2 if all_v2 is None else all_v2
+    all_a = a if all_a is None else all_a
+    terms = [
+        nce(v1, all_a, temperature, offset),
+        nce(v2, all_a, temperature, offset),
+        nce(a, all_v1, temperature, offset),
+        nce(a, all_v2, temperature, offset),
+    ]
+    return torch.stack(terms).mean()
+
+
+def stica_total(l_vv: Tensor, l_va: Tensor | None, lambda_vv: float = 0.5, lambda_va: float = 0.5) -> Tensor:
+    """STiCA eq. 7: lambda_vv L_vv + lambda_va L_va, both weights 0.5 (the official code's
+    ``cross_modal_alpha`` = 0.5 weighs (1 - alpha) L_vv + alpha L_va). Without audio (``l_va`` None) only
+    lambda_vv L_vv, as the official code when the cross-modal weight is 0."""
+    return lambda_vv * l_vv if l_va is None else lambda_vv * l_vv + lambda_va * l_va

@@ -3,8 +3,10 @@
 The paper's setting (STiCA Sec. 3.2-3.4), video only: per video and step, two large input crops L_1, L_2
 sharing one temporal extent (`vcache.data.crops` mode `pairs`, one pair drawn per video and epoch), the trunk
 gives their T' x H' x W' maps, and `vcache.learn.stica` crops them into the view sets T_1, T_2, pools each
-view with the temporal transformer and applies the within-video loss (eq. 6). The paper's cross-modal
-audio-visual term (eq. 7, temperature 0.1) is left out: there is no audio here.
+view with the temporal transformer and applies the within-video loss (eq. 6). With `audio` the run adds the
+paper's cross-modal term (eq. 7): a ResNet-9 on each video's 1-s log-mel spectrogram
+(`vcache.pretrain.stica_audio`), L = lambda_vv L_vv + lambda_va L_va (both 0.5); without it the loss is L_vv
+alone, as before (weight 1, so video-only runs are unchanged).
 
 The trunk is written with `vcache.models.save_checkpoint`, so `vcache extract --checkpoint` loads it
 like the other pretraining methods. The checkpoint's preprocessing is the one the trunk was trained with
@@ -37,6 +39,8 @@ from vcache.data.crops import CropSettings
 from vcache.extract.workers import DecodePool, DecodeTask
 from vcache.learn.stica import HeadConfig, TemporalHead, ViewConfig, train_step
 from vcache.models import Preprocessing, build_backbone, save_checkpoint
+from vcache.pretrain.losses import stica_total
+from vcache.pretrain.stica_audio import AudioSide
 from vcache.store import DONE
 
 METHOD = "stica"
@@ -66,12 +70,20 @@ class PretrainSticaConfig:
     seed: int = 0
     workers: int = 2  # decoding processes (0: decode in this process)
     timeout_s: float = 300.0
+    audio: bool = False  # add the cross-modal term (eq. 7); videos without audio are counted and skipped
+    audio_base: int = 64  # ResNet-9 channels of its first stage (paper: 64; 8 for CPU tests)
+    lambda_vv: float = 0.5  # eq. 7 weights (official code: cross_modal_alpha 0.5); used with audio only
+    lambda_va: float = 0.5
+    cross_temperature: float = 0.1  # cross-modal temperature (appendix)
 
     def base_lr(self) -> float:
         return self.lr if self.lr is not None else 0.64 * self.batch_size / 512
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+_AUDIO_KEYS = ("audio", "audio_base", "lambda_vv", "lambda_va", "cross_temperature")  # added by issue 17
 
 
 @dataclass
@@ -82,6 +94,7 @@ class PretrainResult:
     history: list[dict[str, float]] = field(default_factory=list)
     failed_videos: int = 0
     seconds: float = 0.0
+    no_audio_videos: int = 0  # with audio: videos without an audio stream, left out of L_va
 
 
 def _state_path(out: Path) -> Path:
@@ -117,8 +130,9 @@ def _epoch_settings(cfg: PretrainSticaConfig, pre: Preprocessing, epoch: int) ->
 
 def _clips(
     manifest: Any, settings: CropSettings, order: np.ndarray, pool: DecodePool, stats: dict[str, int]
-) -> Iterator[np.ndarray]:
-    """Yield each decodable video's (2, T, S, S, 3) uint8 pair in `order`, decoding ahead in `pool`."""
+) -> Iterator[Any]:
+    """Yield each decodable video's result (crops: its (2, T, S, S, 3) uint8 pair) in `order`, decoding
+    ahead in `pool`."""
     root = Path(manifest.root)
     ahead = 2 * max(1, pool.n_workers) + 2  # keep every worker busy while the trunk trains
     it = iter(order)
@@ -140,7 +154,7 @@ def _clips(
             if res.meta.status != DONE or res.crops is None:
                 stats["failed"] += 1
                 continue
-            yield res.crops
+            yield res
 
 
 def pretrain_stica(
@@ -167,7 +181,8 @@ def pretrain_stica(
         if not state_file.exists():
             raise ValueError(f"--resume: {state_file} (head and optimizer state) is missing")
         state = torch.load(state_file, map_location="cpu", weights_only=False)
-        if state["config"] != cfg.to_dict() | {"epochs": state["config"]["epochs"]}:
+        added = {k: v for k, v in PretrainSticaConfig().to_dict().items() if k in _AUDIO_KEYS}
+        if added | state["config"] != cfg.to_dict() | {"epochs": state["config"]["epochs"]}:
             raise ValueError("--resume: settings differ from the checkpoint's")
         model = build_backbone(cfg.backbone, checkpoint=out)
         start_epoch, history = int(state["epochs_done"]), list(state["history"])
@@ -182,9 +197,15 @@ def pretrain_stica(
         HeadConfig(in_dim=c, width=cfg.width, depth=cfg.depth, heads=cfg.heads, proj_dim=cfg.proj_dim)
     ).to(dev)
     params = list(model.parameters()) + list(head.parameters())
+    audio = None
+    if cfg.audio:
+        audio = AudioSide(manifest.root, manifest.paths, cfg.audio_base, cfg.cross_temperature).to(dev)
+        params += list(audio.parameters())
     opt = torch.optim.SGD(params, lr=cfg.base_lr(), momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     if state is not None:
         head.load_state_dict(state["head"])
+        if audio is not None:
+            audio.load_state_dict(state["audio"])
         opt.load_state_dict(state["optimizer"])
     mean = torch.tensor(pre.mean, device=dev).view(1, 3, 1, 1, 1) * 255
     std = torch.tensor(pre.std, device=dev).view(1, 3, 1, 1, 1) * 255
@@ -215,6 +236,7 @@ def pretrain_stica(
             {
                 "config": cfg.to_dict(),
                 "head": head.state_dict(),
+                "audio": None if audio is None else audio.state_dict(),
                 "optimizer": opt.state_dict(),
                 "epochs_done": epochs_done,
                 "history": history,
@@ -227,16 +249,18 @@ def pretrain_stica(
         for epoch in range(start_epoch, cfg.epochs):
             model.train()
             head.train()
+            if audio is not None:
+                audio.train()
             settings = _epoch_settings(cfg, pre, epoch)
             rng = np.random.default_rng([cfg.seed, epoch])
             order = rng.permutation(n)
             total, count, batch = 0.0, 0, []
-            for pair in _clips(manifest, settings, order, pool, stats):
-                batch.append(pair)
+            for res in _clips(manifest, settings, order, pool, stats):
+                batch.append(res)
                 if len(batch) < cfg.batch_size:
                     continue
-                x = torch.from_numpy(np.stack(batch)).to(dev)  # (B, 2, T, S, S, 3) uint8
-                batch = []
+                results, batch = batch, []
+                x = torch.from_numpy(np.stack([r.crops for r in results])).to(dev)  # (B, 2, T, S, S, 3)
                 x = x.flatten(0, 1).permute(0, 4, 1, 2, 3).float()  # rows 2i, 2i+1: L_1, L_2 of video i
                 x = (x - mean) / std
                 lr = cfg.base_lr() * min(1.0, (step_global + 1) / warmup_steps)
@@ -244,6 +268,9 @@ def pretrain_stica(
                     g["lr"] = lr
                 _, fmap = model(x)
                 loss, _ = train_step(head, fmap[0::2], fmap[1::2], cfg.views, cfg.temperature, rng)
+                l_va = None if audio is None else audio.loss(head, fmap[0::2], fmap[1::2], results, rng)
+                if audio is not None:
+                    loss = stica_total(loss, l_va, cfg.lambda_vv, cfg.lambda_va)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
@@ -251,7 +278,8 @@ def pretrain_stica(
                 total, count = total + val, count + 1
                 steps, step_global = steps + 1, step_global + 1
                 if progress is not None:
-                    progress({"epoch": epoch, "step": steps, "loss": val, "lr": lr})
+                    info = {"epoch": epoch, "step": steps, "loss": val, "lr": lr}
+                    progress(info if l_va is None else info | {"loss_va": float(l_va.detach())})
                 if max_steps is not None and steps >= max_steps:
                     break
             if max_steps is not None and steps >= max_steps:
@@ -267,4 +295,5 @@ def pretrain_stica(
         history=history,
         failed_videos=stats["failed"],
         seconds=time.perf_counter() - t_start,
+        no_audio_videos=0 if audio is None else len(audio.missing),
     )
