@@ -324,13 +324,17 @@ def results_cmd(
             console.print(f"figure: {bar_figure(rows, figure)}")
         except ValueError as e:
             fail(str(e))
-    lines = [ln for ln in md.splitlines() if ln.strip()]
+    lines = [ln for ln in md.splitlines() if ln.startswith("|")]
     head = [c.strip() for c in lines[0].strip("|").split("|")]
+    from rich.console import Console
+
+    out = Console()
+    for ln in md.splitlines():
+        if ln.strip() and not ln.startswith("|"):
+            out.print(ln.strip(), soft_wrap=True, markup=False)
     t = Table(title=f"results in {folder}")
     for h in head:
         t.add_column(h, justify="left" if h == "probe" else "right")
     for ln in lines[2:]:
         t.add_row(*[c.strip() for c in ln.strip("|").split("|")])
-    from rich.console import Console
-
-    Console().print(t)
+    out.print(t)

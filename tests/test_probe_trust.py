@@ -225,12 +225,15 @@ def test_results_group_seeds_and_say_what_each_line_compares(stores, tmp_path):
     rows = collect(tmp_path)
     assert len(rows) == 3 and {r["backbone"] for r in rows} == {"synthetic-bb (sha 00000000)"}
     md = to_markdown(rows).splitlines()
+    assert "stores: train.zarr -> test.zarr  " in md  # shared by every line: said once
+    assert "backbone: synthetic-bb (sha 00000000)  " in md
+    md = [ln for ln in md if ln.startswith("|")]
     head = [c.strip() for c in md[0].strip("|").split("|")]
     lines = [dict(zip(head, (c.strip() for c in ln.strip("|").split("|")), strict=True)) for ln in md[2:]]
     assert len(lines) == 2  # seeds 0 and 1 form one line
     by_k = {ln["options"]: ln for ln in lines}
     assert set(by_k) == {"k=20", "k=5"}  # only the option that differs is shown
     two = by_k["k=20"]
-    assert two["seeds"] == "0,1" and "±" in two["top1"] and two["stores"] == "train.zarr -> test.zarr"
+    assert two["seeds"] == "0,1" and "±" in two["top1"] and "stores" not in two
     vals = [r["metrics"]["top1"] for r in rows if r["options"]["k"] == 20]
     assert float(two["top1"].split("±")[0]) == pytest.approx(sum(vals) / 2, abs=1e-3)

@@ -156,7 +156,7 @@ def test_cli_train_and_probe(stores, tmp_path):
     )
     assert r.exit_code == 0, r.output
     assert (tmp_path / "r.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    md = (tmp_path / "r.md").read_text().splitlines()
+    md = [ln for ln in (tmp_path / "r.md").read_text().splitlines() if ln.startswith("|")]
     head = [c.strip() for c in md[0].strip("|").split("|")]
     row = next([c.strip() for c in ln.strip("|").split("|")] for ln in md if "scale_knn" in ln)
     assert {"R@1", "R@5", "R@20"} <= set(head)  # the retrieval columns (knn writes R@k)

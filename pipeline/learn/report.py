@@ -81,26 +81,42 @@ def group(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
+def common_fields(groups: list[dict[str, Any]]) -> dict[str, str]:
+    """Backbone, stores and seeds when every line shares them: said once above the table, not per line."""
+    cells = {"backbone": lambda g: g["backbone"], "stores": lambda g: g["stores"], "seeds": _seeds}
+    return {k: f(groups[0]) for k, f in cells.items() if len({f(g) for g in groups}) == 1}
+
+
+def _seeds(g: dict[str, Any]) -> str:
+    return ",".join(str(s) for s in sorted(g["seeds"]))
+
+
 def to_markdown(rows: list[dict[str, Any]]) -> str:
     """One line per group of seeds: probe, backbone and weights, train -> test store, the options that differ
-    between lines, the seeds, then mean ± std of each metric (a single seed: its value)."""
+    between lines, the seeds, then mean ± std of each metric (a single seed: its value). Backbone, stores and
+    seeds shared by every line are said once, above the table."""
     groups = group(rows)
+    common = common_fields(groups)
     families = sorted({f for g in groups for f in g["family_means"]})
     metrics = [m for m in METRICS if any(m in g["stats"] for g in groups)]
-    head = ["probe", "backbone", "stores", "options", "seeds", *metrics, *(f"{f} top1" for f in families)]
+    per_line = [k for k in ("backbone", "stores") if k not in common]
+    per_line += ["options"] if any(g["differs"] for g in groups) else []
+    per_line += ["seeds"] if "seeds" not in common else []
+    head = ["probe", *per_line, *metrics, *(f"{f} top1" for f in families)]
+    out = [f"{k}: {v}  " for k, v in common.items()] + ([""] if common else [])
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for g in groups:
-        cells = [
-            g["name"],
-            g["backbone"],
-            g["stores"],
-            g["differs"],
-            ",".join(str(s) for s in sorted(g["seeds"])),
-        ]
+        fields = {
+            "backbone": g["backbone"],
+            "stores": g["stores"],
+            "options": g["differs"],
+            "seeds": _seeds(g),
+        }
+        cells = [g["name"], *(fields[k] for k in per_line)]
         cells += [_stat(g["stats"].get(m)) for m in metrics]
         cells += [_fmt(g["family_means"].get(f)) for f in families]
         lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
+    return "\n".join(out + lines) + "\n"
 
 
 def _stat(s: tuple[float, float, int] | None) -> str:
