@@ -137,7 +137,8 @@ def main() -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(res, indent=2) + "\n")
     print(
-        "| px | MB a video | pipe crops/s (min-max) | shm crops/s (min-max) | shm / pipe |\n|---|---|---|---|---|"
+        "| px | MB a video | pipe crops/s (min-max) | shm crops/s (min-max) | shm / pipe |\n"
+        "|---|---|---|---|---|"
     )
     for r in rows:
         p, s = r["pipe"], r["shm"]
