@@ -32,7 +32,7 @@ from vcache.extract.options import (
     StoreWriteError,
 )
 from vcache.extract.output import ShardBuffer, clean_leftovers, open_or_create, store_attrs
-from vcache.extract.workers import DecodePool, DecodeResult, DecodeTask
+from vcache.extract.workers import DecodePool, DecodeResult, DecodeTask, crop_shape
 from vcache.models import VideoBackbone
 from vcache.runtime.devices import resolve_device, use_device
 from vcache.store import (
@@ -181,6 +181,8 @@ class _Job:
         self.repaired: dict[int, str] = {}
         self.open_shards: set[int] = set()  # claimed, not yet written
         self.claims: ShardClaims | None = None
+        self.pool: DecodePool | None = None
+        self.transport = ""
 
     def _pending(self, s: int) -> bool:
         vids = self.store.shard_videos(s)
@@ -229,7 +231,12 @@ class _Job:
             done = int((store.status() != PENDING).sum())
             progress("start", {"total": store.n_videos, "done": done})
         in_flight_cap = max(2, 2 * opts.workers + 1)
-        with DecodePool(opts.workers, opts.timeout_s) as pool:
+        k = self.settings.crops_per_video
+        # slots: one per video in flight, plus the videos whose crops wait in an unfinished batch
+        n_slots = in_flight_cap + -(-(opts.batch_size - 1) // k) + 1 if opts.shared_memory else 0
+        with DecodePool(opts.workers, opts.timeout_s, crop_shape(self.settings), n_slots) as pool:
+            self.pool = pool
+            self.transport = pool.transport if opts.workers > 0 else "in process"
             queue = self._claimed_videos(rank, world)
             exhausted = False
             while True:
@@ -305,7 +312,9 @@ class _Job:
                 buf.maps[r0 : r0 + n] = fmaps[row : row + n]
             row += n
             if first + n == self.store.crops_per_video:
-                self._finish(v, self.decoded.pop(v))
+                res = self.decoded.pop(v)
+                self.pool.release(res.slot)  # its crops are in x now
+                self._finish(v, res)
         self.clips += row
 
     def _finish(self, v: int, res: DecodeResult) -> None:
@@ -362,6 +371,7 @@ class _Job:
             timings=self.timings,
             exit_code=code,
             repaired=self.repaired,
+            transport=self.transport,
         )
 
 

@@ -16,6 +16,7 @@ class ExtractOptions:
     batch_size: int = 32  # crops per forward pass
     workers: int = 1  # decoding processes; 0 decodes in this process (no deadline)
     timeout_s: float = 300.0  # per-video decoding deadline
+    shared_memory: bool = True  # crops cross from the workers in shared-memory slots (False: pipes)
     max_decode_errors: int | None = None  # fail a video with more decoder messages (None: keep, warn)
     device: str = "auto"
     amp: bool = True  # autocast on CUDA
@@ -50,3 +51,4 @@ class ExtractReport:
     timings: dict[str, float] = field(default_factory=dict)
     exit_code: int = EXIT_OK
     repaired: dict[int, str] = field(default_factory=dict)  # shard -> what was wrong (--repair)
+    transport: str = ""  # how crops crossed from the workers: "shm", "pipe (why)" or "in process"
