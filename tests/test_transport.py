@@ -9,6 +9,7 @@ import subprocess
 import time
 from pathlib import Path
 
+import torch
 from test_reliability import VC, _assert_same_store, _extract_args, _stuck_dataset
 
 from vcache.data.crops import CropSettings
@@ -32,12 +33,17 @@ def test_shared_memory_and_pipes_write_the_same_store(tiny_dataset, tmp_path):
     """Batches of 4 over videos of 3 crops: a slot is held across forward passes until its last crop."""
     manifest = load_manifest("folder", tiny_dataset)
     model = build_backbone("r3d_18_narrow")
-    reps = {}
+    reps, threads = {}, torch.get_num_threads()
     for shm in (True, False):
         opts = ExtractOptions(workers=2, batch_size=4, videos_per_shard=2, shared_memory=shm)
         reps[shm] = extract(manifest, tmp_path / f"{shm}.zarr", model, S, opts)
         assert reps[shm].done == 6 and reps[shm].failed == 0
     assert reps[True].transport == "shm" and reps[False].transport == "pipe"
+    t = reps[True].timings  # the forward pass leaves a core to each decoding process, keeps at least one
+    assert t["torch_threads"] == max(1, len(os.sched_getaffinity(0)) - 2)
+    assert torch.get_num_threads() == threads  # and the caller's setting comes back
+    assert 0 < t["startup_workers"] <= t["startup"] < t["total"]
+    assert abs(t["startup"] + t["steady"] - t["total"]) < 1e-6
     _assert_same_store(tmp_path / "True.zarr", tmp_path / "False.zarr")
     assert segments(os.getpid()) == []
 

@@ -129,8 +129,15 @@ def extract(
             lock = StoreLock(out, (rank, world), run_id, store.n_shards)
             lock.acquire()
         job = _Job(store, manifest, backbone, settings, opts, device, map_shape)
-        job.cleaned, job.repaired = cleaned, repaired
-        job.run(rank, world, progress, ShardClaims(lock))
+        job.cleaned, job.repaired, job.t_start = cleaned, repaired, t_start
+        threads = torch.get_num_threads()
+        if device.type == "cpu":
+            torch.set_num_threads(torch_threads(opts))
+        try:
+            job.run(rank, world, progress, ShardClaims(lock))
+        finally:
+            job.timings["torch_threads"] = torch.get_num_threads()
+            torch.set_num_threads(threads)
         if dist.active:
             job.wait_for_claims()
     finally:
@@ -138,6 +145,18 @@ def extract(
             lock.release()
     dist.barrier()  # under torchrun, report on the whole store once every rank is finished
     return job.report(t_start)
+
+
+def usable_cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def torch_threads(opts: ExtractOptions) -> int:
+    """CPU forward threads: the cores this process may use less one per decoding process, at least 1,
+    so that decoding and the forward pass do not fight over cores (see docs/store.md, Processes)."""
+    if opts.torch_threads:
+        return opts.torch_threads
+    return max(1, usable_cores() - opts.workers)
 
 
 def _check_unlocked(out: Path, run_id: str) -> None:
@@ -183,6 +202,7 @@ class _Job:
         self.claims: ShardClaims | None = None
         self.pool: DecodePool | None = None
         self.transport = ""
+        self.t_start = time.perf_counter()
 
     def _pending(self, s: int) -> bool:
         vids = self.store.shard_videos(s)
@@ -234,6 +254,7 @@ class _Job:
         k = self.settings.crops_per_video
         # slots: one per video in flight, plus the videos whose crops wait in an unfinished batch
         n_slots = in_flight_cap + -(-(opts.batch_size - 1) // k) + 1 if opts.shared_memory else 0
+        self.t_pool = time.perf_counter()
         with DecodePool(opts.workers, opts.timeout_s, crop_shape(self.settings), n_slots) as pool:
             self.pool = pool
             self.transport = pool.transport if opts.workers > 0 else "in process"
@@ -263,6 +284,10 @@ class _Job:
                 for res in results:
                     self._take(res)
             self._forward()
+        # start-up: store, locks, claims, worker spawn and imports, until every first worker is ready
+        ready = pool.ready_at if opts.workers > 0 and pool.ready_at is not None else self.t_pool
+        self.timings["startup"] = ready - self.t_start
+        self.timings["startup_workers"] = ready - self.t_pool
         if self.buffers:  # cannot happen unless a shard lost a video: never write it half-done
             raise RuntimeError(
                 f"internal error: shards {sorted(self.buffers)} incomplete at the end of the run"
@@ -356,6 +381,7 @@ class _Job:
         if n_failed / max(1, store.n_videos) > self.opts.max_failed_fraction:
             code = EXIT_TOO_MANY_FAILED
         self.timings["total"] = time.perf_counter() - t_start
+        self.timings["steady"] = self.timings["total"] - self.timings.get("startup", 0.0)
         self.timings["cleaned_leftovers"] = self.cleaned
         return ExtractReport(
             store=str(store.path),

@@ -19,6 +19,7 @@ class ExtractOptions:
     shared_memory: bool = True  # crops cross from the workers in shared-memory slots (False: pipes)
     max_decode_errors: int | None = None  # fail a video with more decoder messages (None: keep, warn)
     device: str = "auto"
+    torch_threads: int | None = None  # CPU forward threads; None: the cores left to the workers, >= 1
     amp: bool = True  # autocast on CUDA
     feature_maps: bool = False
     feature_dtype: str = "float16"

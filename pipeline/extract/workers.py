@@ -242,6 +242,7 @@ class DecodePool:
         self.slots, self.transport = make_slots(slots if workers > 0 else 0, shape)
         self.workers: list[_Worker] = [_Worker(self._ctx) for _ in range(workers)]
         self.replaced = 0
+        self.ready_at: float | None = None  # perf_counter when the first workers were all ready
         self.start_crashes = 0  # in a row; reset when a worker becomes ready
         self.fatal: str | None = None
         self._stop = threading.Event()
@@ -311,6 +312,8 @@ class DecodePool:
                     try:
                         self.workers[i].ready = c.recv() == _READY
                         self.start_crashes = 0
+                        if self.ready_at is None and all(w.ready for w in self.workers):
+                            self.ready_at = time.perf_counter()
                     except (EOFError, OSError):  # died while starting: start another, a few times
                         self.workers[i].kill()
                         self.start_crashes += 1
