@@ -202,6 +202,7 @@ class _Job:
         self.claims: ShardClaims | None = None
         self.pool: DecodePool | None = None
         self.transport = ""
+        self.host: torch.Tensor | None = None  # the uint8 batch before the forward pass (see _forward)
         self.t_start = time.perf_counter()
 
     def _pending(self, s: int) -> bool:
@@ -319,7 +320,14 @@ class _Job:
         if not self.batch:
             return
         t0 = time.perf_counter()
-        x = torch.from_numpy(np.concatenate([c for _, _, c in self.batch])).to(self.device, non_blocking=True)
+        parts = [c for _, _, c in self.batch]
+        n, shape = sum(len(c) for c in parts), parts[0].shape[1:]
+        if self.host is None or self.host.shape[1:] != shape or len(self.host) < n:
+            # one reused batch buffer, page-locked on CUDA for an async copy (free again after .cpu() below)
+            pin = self.device.type == "cuda"
+            self.host = torch.empty((max(n, self.opts.batch_size), *shape), dtype=torch.uint8, pin_memory=pin)
+        np.concatenate(parts, out=self.host[:n].numpy())
+        x = self.host[:n].to(self.device, non_blocking=True)
         x = (x.permute(0, 4, 1, 2, 3).float() - self.mean) / self.std  # (B, T, S, S, 3) -> (B, 3, T, S, S)
         with torch.inference_mode(), torch.autocast(self.device.type, enabled=self.use_amp):
             pooled, fmap = self.backbone(x)
