@@ -152,11 +152,10 @@ def usable_cores() -> int:
 
 
 def torch_threads(opts: ExtractOptions) -> int:
-    """CPU forward threads: the cores this process may use less one per decoding process, at least 1,
-    so that decoding and the forward pass do not fight over cores (see docs/store.md, Processes)."""
-    if opts.torch_threads:
-        return opts.torch_threads
-    return max(1, usable_cores() - opts.workers)
+    """CPU forward threads: this rank's share of the cores (torchrun: LOCAL_WORLD_SIZE ranks a host) less one
+    per decoding process, at least 1, so decoding and the forward pass do not fight over cores."""
+    local = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1))
+    return opts.torch_threads or max(1, usable_cores() // local - opts.workers)
 
 
 def _check_unlocked(out: Path, run_id: str) -> None:
