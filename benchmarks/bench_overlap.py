@@ -125,6 +125,8 @@ def main() -> None:
         sums = [d + b for d, b in zip(runs["decode"], runs["backbone"], strict=True)]
         for name in ("e2e", "e2e_all_threads"):
             n = len(runs[name])
+            if n == 0:
+                continue
             steady = [t["steady"] for t in runs[name]]
             res[name] = {
                 "total_s": stats([t["total"] for t in runs[name]]),
