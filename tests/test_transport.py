@@ -77,7 +77,13 @@ def _start_stuck_run(tiny_dataset: Path, tmp_path: Path) -> subprocess.Popen:
     root, csv = _stuck_dataset(tiny_dataset, tmp_path)
     out = tmp_path / "s.zarr"
     args = _extract_args(root, out, "--format", "csv", "--annotations", str(csv), "--timeout", "600")
-    p = subprocess.Popen([*VC, *args], stderr=subprocess.DEVNULL, start_new_session=True)
+    p = subprocess.Popen(
+        [*VC, *args],
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+        # a job started with & by a non-interactive shell inherits SIGINT ignored, and Python keeps that
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     deadline = time.monotonic() + 120
     while not segments(p.pid) or not (out / "zarr.json").exists():
         assert p.poll() is None and time.monotonic() < deadline, "extract ended early"
@@ -100,8 +106,8 @@ def test_ctrl_c_leaves_no_segment(tiny_dataset, tmp_path):
         p.wait(timeout=60)
         assert _gone_within(p.pid, 2) == []
     finally:
-        if p.poll() is None:
-            os.killpg(p.pid, signal.SIGKILL)
+        if p.poll() is None:  # the run alone: its resource tracker must live to unlink the segments
+            p.kill()
 
 
 def test_a_sigkilled_run_leaves_no_segment(tiny_dataset, tmp_path):
