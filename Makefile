@@ -81,6 +81,8 @@ reproduce-tables: install
 bench: install
 	$(BIN)/python benchmarks/bench_extract.py
 	$(BIN)/python benchmarks/bench_scaling.py
+	$(BIN)/python benchmarks/bench_transport.py
+	$(BIN)/python benchmarks/bench_overlap.py
 
 clean:
 	rm -rf $(DEMO) .pytest_cache

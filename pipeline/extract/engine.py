@@ -30,9 +30,10 @@ from vcache.extract.options import (
     ExtractOptions,
     ExtractReport,
     StoreWriteError,
+    torch_threads,
 )
 from vcache.extract.output import ShardBuffer, clean_leftovers, open_or_create, store_attrs
-from vcache.extract.workers import DecodePool, DecodeResult, DecodeTask
+from vcache.extract.workers import DecodePool, DecodeResult, DecodeTask, crop_shape
 from vcache.models import VideoBackbone
 from vcache.runtime.devices import resolve_device, use_device
 from vcache.store import (
@@ -130,8 +131,15 @@ def extract(
             lock = open_lock(out, (rank, world), run_id, store.n_shards)
             lock.acquire()
         job = _Job(store, manifest, backbone, settings, opts, device, map_shape)
-        job.cleaned, job.repaired = cleaned, repaired
-        job.run(rank, world, progress, claims_for(lock))
+        job.cleaned, job.repaired, job.t_start = cleaned, repaired, t_start
+        threads = torch.get_num_threads()
+        if device.type == "cpu":
+            torch.set_num_threads(torch_threads(opts))
+        try:
+            job.run(rank, world, progress, claims_for(lock))
+        finally:
+            job.timings["torch_threads"] = torch.get_num_threads()
+            torch.set_num_threads(threads)
         if dist.active:
             job.wait_for_claims()
     finally:
@@ -184,6 +192,10 @@ class _Job:
         self.repaired: dict[int, str] = {}
         self.open_shards: set[int] = set()  # claimed, not yet written
         self.claims = None  # ShardClaims or RemoteClaims
+        self.pool: DecodePool | None = None
+        self.transport = ""
+        self.host: torch.Tensor | None = None  # the uint8 batch before the forward pass (see _forward)
+        self.t_start = time.perf_counter()
 
     def _pending(self, s: int) -> bool:
         vids = self.store.shard_videos(s)
@@ -232,7 +244,13 @@ class _Job:
             done = int((store.status() != PENDING).sum())
             progress("start", {"total": store.n_videos, "done": done})
         in_flight_cap = max(2, 2 * opts.workers + 1)
-        with DecodePool(opts.workers, opts.timeout_s) as pool:
+        k = self.settings.crops_per_video
+        # slots: one per video in flight, plus the videos whose crops wait in an unfinished batch
+        n_slots = in_flight_cap + -(-(opts.batch_size - 1) // k) + 1 if opts.shared_memory else 0
+        self.t_pool = time.perf_counter()
+        with DecodePool(opts.workers, opts.timeout_s, crop_shape(self.settings), n_slots) as pool:
+            self.pool = pool
+            self.transport = pool.transport if opts.workers > 0 else "in process"
             queue = self._claimed_videos(rank, world)
             exhausted = False
             while True:
@@ -259,6 +277,10 @@ class _Job:
                 for res in results:
                     self._take(res)
             self._forward()
+        # start-up: store, locks, claims, worker spawn and imports, until every first worker is ready
+        ready = pool.ready_at if opts.workers > 0 and pool.ready_at is not None else self.t_pool
+        self.timings["startup"] = ready - self.t_start
+        self.timings["startup_workers"] = ready - self.t_pool
         if self.buffers:  # cannot happen unless a shard lost a video: never write it half-done
             raise RuntimeError(
                 f"internal error: shards {sorted(self.buffers)} incomplete at the end of the run"
@@ -290,7 +312,14 @@ class _Job:
         if not self.batch:
             return
         t0 = time.perf_counter()
-        x = torch.from_numpy(np.concatenate([c for _, _, c in self.batch])).to(self.device, non_blocking=True)
+        parts = [c for _, _, c in self.batch]
+        n, shape = sum(len(c) for c in parts), parts[0].shape[1:]
+        if self.host is None or self.host.shape[1:] != shape or len(self.host) < n:
+            # one reused batch buffer, page-locked on CUDA for an async copy (free again after .cpu() below)
+            pin = self.device.type == "cuda"
+            self.host = torch.empty((max(n, self.opts.batch_size), *shape), dtype=torch.uint8, pin_memory=pin)
+        np.concatenate(parts, out=self.host[:n].numpy())
+        x = self.host[:n].to(self.device, non_blocking=True)
         x = (x.permute(0, 4, 1, 2, 3).float() - self.mean) / self.std  # (B, T, S, S, 3) -> (B, 3, T, S, S)
         with torch.inference_mode(), torch.autocast(self.device.type, enabled=self.use_amp):
             pooled, fmap = self.backbone(x)
@@ -308,7 +337,9 @@ class _Job:
                 buf.maps[r0 : r0 + n] = fmaps[row : row + n]
             row += n
             if first + n == self.store.crops_per_video:
-                self._finish(v, self.decoded.pop(v))
+                res = self.decoded.pop(v)
+                self.pool.release(res.slot)  # its crops are in x now
+                self._finish(v, res)
         self.clips += row
 
     def _finish(self, v: int, res: DecodeResult) -> None:
@@ -350,6 +381,7 @@ class _Job:
         if n_failed / max(1, store.n_videos) > self.opts.max_failed_fraction:
             code = EXIT_TOO_MANY_FAILED
         self.timings["total"] = time.perf_counter() - t_start
+        self.timings["steady"] = self.timings["total"] - self.timings.get("startup", 0.0)
         self.timings["cleaned_leftovers"] = self.cleaned
         return ExtractReport(
             store=str(store.path),
@@ -365,6 +397,7 @@ class _Job:
             timings=self.timings,
             exit_code=code,
             repaired=self.repaired,
+            transport=self.transport,
         )
 
 

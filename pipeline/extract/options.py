@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 
 from vcache.store import StoreError
@@ -16,8 +17,10 @@ class ExtractOptions:
     batch_size: int = 32  # crops per forward pass
     workers: int = 1  # decoding processes; 0 decodes in this process (no deadline)
     timeout_s: float = 300.0  # per-video decoding deadline
+    shared_memory: bool = True  # crops cross from the workers in shared-memory slots (False: pipes)
     max_decode_errors: int | None = None  # fail a video with more decoder messages (None: keep, warn)
     device: str = "auto"
+    torch_threads: int | None = None  # CPU forward threads; None: the cores left to the workers, >= 1
     amp: bool = True  # autocast on CUDA
     feature_maps: bool = False
     feature_dtype: str = "float16"
@@ -50,3 +53,15 @@ class ExtractReport:
     timings: dict[str, float] = field(default_factory=dict)
     exit_code: int = EXIT_OK
     repaired: dict[int, str] = field(default_factory=dict)  # shard -> what was wrong (--repair)
+    transport: str = ""  # how crops crossed from the workers: "shm", "pipe (why)" or "in process"
+
+
+def usable_cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def torch_threads(opts: ExtractOptions) -> int:
+    """CPU forward threads: this rank's share of the cores (torchrun: LOCAL_WORLD_SIZE ranks a host) less one
+    per decoding process, at least 1, so decoding and the forward pass do not fight over cores."""
+    local = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1))
+    return opts.torch_threads or max(1, usable_cores() // local - opts.workers)

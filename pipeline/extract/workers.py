@@ -34,6 +34,7 @@ import numpy as np
 from vcache.data.crops import CropSettings, cut, decode_size, sample_crops
 from vcache.data.records import DONE, FAILED, Reason, VideoMeta
 from vcache.data.video import VideoError, VideoInfo, capture_stderr, decode_frames, probe, warnings_for
+from vcache.extract.slots import Attached, make_slots
 
 
 @dataclass
@@ -56,14 +57,17 @@ class DecodeResult:
     timings: dict = field(default_factory=dict)
     info: VideoInfo | None = None  # the probe, until the warnings are made (not sent back)
     notes: list[str] = field(default_factory=list)
+    in_slot: bool = False  # the crops were written into the task's shared-memory slot (crops is None)
+    slot: int | None = None  # in the parent: the slot that holds the crops, until DecodePool.release
 
 
-def decode_task(task: DecodeTask) -> DecodeResult:
+def decode_task(task: DecodeTask, out: np.ndarray | None = None) -> DecodeResult:
     """Decode one video into its crops. Never raises: a bad video becomes a failed result with a reason.
-    FFmpeg's messages are captured (vcache.data.video.capture_stderr) and become the video's record."""
+    FFmpeg's messages are captured (vcache.data.video.capture_stderr) and become the video's record.
+    `out`: where to write the crops if their shape matches (a shared-memory slot); then `in_slot` is set."""
     t_start = time.perf_counter()
     with capture_stderr() as messages:
-        res = _decode(task)
+        res = _decode(task, out)
     if res.meta.status == DONE:
         info, decoded = res.info, res.meta.decoded_frames
         res.meta.decode_errors = len(messages)
@@ -75,13 +79,14 @@ def decode_task(task: DecodeTask) -> DecodeResult:
             meta.decode_errors, meta.warning = len(messages), res.meta.warning
             res = DecodeResult(task.index, meta)
         res.info = None
+        res.in_slot = out is not None and res.crops is out
     elif messages:
         res.meta.decode_errors = len(messages)
     res.seconds = time.perf_counter() - t_start
     return res
 
 
-def _decode(task: DecodeTask) -> DecodeResult:
+def _decode(task: DecodeTask, out: np.ndarray | None = None) -> DecodeResult:
     s = task.settings
     try:
         info = probe(task.path)
@@ -90,7 +95,9 @@ def _decode(task: DecodeTask) -> DecodeResult:
         needed = np.unique(np.concatenate([c.frames for c in crops]))
         notes: list[str] = []
         frames, decoded = decode_frames(task.path, needed, dh, dw, info.num_frames, notes)
-        out = np.empty((len(crops), s.clip_frames, s.input_size, s.input_size, 3), dtype=np.uint8)
+        shape = (len(crops), s.clip_frames, s.input_size, s.input_size, 3)
+        if out is None or out.shape != shape:
+            out = np.empty(shape, dtype=np.uint8)
         for i, c in enumerate(crops):
             clip = np.stack([frames[int(f)] for f in c.frames])
             out[i] = cut(clip, c.box, c.flip, s.input_size)
@@ -113,6 +120,11 @@ def _decode(task: DecodeTask) -> DecodeResult:
     boxes = np.stack([c.box for c in crops]).astype(np.float32)
     flips = np.array([c.flip for c in crops], dtype=bool)
     return DecodeResult(task.index, meta, out, boxes, flips, info=info, notes=notes)
+
+
+def crop_shape(s: CropSettings) -> tuple[int, int, int, int, int]:
+    """The shape of one video's crops (the size of a shared-memory slot)."""
+    return (s.crops_per_video, s.clip_frames, s.input_size, s.input_size, 3)
 
 
 _READY = "ready"
@@ -151,16 +163,23 @@ def _die_with_parent(parent_pid: int, poll_s: float = 1.0) -> None:
 
 def _worker_main(tasks: Connection, results: Connection, parent_pid: int) -> None:
     _die_with_parent(parent_pid)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group: the parent decides
     os.environ.setdefault("OMP_NUM_THREADS", "1")
+    attached = Attached()
     results.send(_READY)  # imports done: deadlines start counting only from here
     while True:
         try:
-            task = tasks.recv()
+            msg = tasks.recv()
         except EOFError:
             return
-        if task is None:
+        if msg is None:
             return
-        results.send(decode_task(task))
+        task, slot_name = msg
+        out = attached.array(slot_name, crop_shape(task.settings)) if slot_name else None
+        res = decode_task(task, out)
+        if res.in_slot:
+            res.crops = None  # the parent reads them from the slot
+        results.send(res)
 
 
 class _Worker:
@@ -175,13 +194,14 @@ class _Worker:
         self.tasks_r.close()
         self.results_w.close()
         self.task: DecodeTask | None = None
+        self.slot: int | None = None  # the shared-memory slot the current task decodes into
         self.since = 0.0
         self.ready = False
 
-    def give(self, task: DecodeTask) -> None:
-        self.task, self.since = task, time.monotonic()
+    def give(self, task: DecodeTask, slot: int | None, slot_name: str | None) -> None:
+        self.task, self.slot, self.since = task, slot, time.monotonic()
         try:
-            self.tasks_w.send(task)
+            self.tasks_w.send((task, slot_name))
         except OSError:  # the worker is gone; get() sees EOF on its result pipe and replaces it
             pass
 
@@ -199,17 +219,30 @@ class DecodePool:
     results keep arriving while the caller runs the backbone (receiving a result in the caller's thread
     would leave the worker blocked on its pipe for the whole forward pass). submit() queues tasks; get()
     returns finished DecodeResults, timed-out or crashed videos as failed results.
+
+    With `shape` (one video's crops) and `slots` > 0 the crops travel in shared-memory slots
+    (vcache.extract.slots): a task is handed out only with a free slot, a done result's `crops` is a view of
+    its slot, and the caller gives the slot back with release() once it has copied the crops. `transport`
+    says which path is used ("shm", or "pipe" and why).
     """
 
-    def __init__(self, workers: int = 1, timeout_s: float = 300.0):
+    def __init__(
+        self,
+        workers: int = 1,
+        timeout_s: float = 300.0,
+        shape: tuple[int, ...] | None = None,
+        slots: int = 0,
+    ):
         self.timeout_s = timeout_s
         self.n_workers = workers
         self._tasks: deque[DecodeTask] = deque()
         self._results: queue.Queue[DecodeResult] = queue.Queue()
         self._outstanding = 0  # submitted, not yet returned by get()
         self._ctx = mp.get_context("spawn")
+        self.slots, self.transport = make_slots(slots if workers > 0 else 0, shape)
         self.workers: list[_Worker] = [_Worker(self._ctx) for _ in range(workers)]
         self.replaced = 0
+        self.ready_at: float | None = None  # perf_counter when the first workers were all ready
         self.start_crashes = 0  # in a row; reset when a worker becomes ready
         self.fatal: str | None = None
         self._stop = threading.Event()
@@ -229,6 +262,13 @@ class DecodePool:
     def pending(self) -> int:
         return self._outstanding
 
+    def release(self, slot: int | None) -> None:
+        """The caller is done with a result's crops: its slot may take the next video."""
+        if self.slots is not None and slot is not None:
+            self.slots.release(slot)
+            if self._tasks:
+                self._wake_w.send(None)
+
     def get(self, block: bool = True) -> list[DecodeResult]:
         """Results that are ready; waits for at least one when `block` and work is outstanding."""
         out = []
@@ -242,6 +282,9 @@ class DecodePool:
         if self.fatal is not None:
             raise WorkerStartError(self.fatal)
         self._outstanding -= len(out)
+        for res in out:
+            if res.slot is not None:
+                res.crops = self.slots.view(res.slot)
         return out
 
     # -- the manager thread -----------------------------------------------------------------------
@@ -249,7 +292,10 @@ class DecodePool:
         while not self._stop.is_set():
             for w in self.workers:
                 if w.ready and w.task is None and self._tasks:
-                    w.give(self._tasks.popleft())
+                    slot = self.slots.acquire() if self.slots is not None else None
+                    if self.slots is not None and slot is None:
+                        break  # every slot holds crops the caller has not taken yet
+                    w.give(self._tasks.popleft(), slot, None if slot is None else self.slots.names[slot])
             busy = {w.results_r: i for i, w in enumerate(self.workers) if w.task is not None}
             starting = {w.results_r: i for i, w in enumerate(self.workers) if not w.ready}
             timeout = 1.0
@@ -266,6 +312,8 @@ class DecodePool:
                     try:
                         self.workers[i].ready = c.recv() == _READY
                         self.start_crashes = 0
+                        if self.ready_at is None and all(w.ready for w in self.workers):
+                            self.ready_at = time.perf_counter()
                     except (EOFError, OSError):  # died while starting: start another, a few times
                         self.workers[i].kill()
                         self.start_crashes += 1
@@ -277,7 +325,12 @@ class DecodePool:
                 i = busy[c]
                 try:
                     res = c.recv()
-                    self.workers[i].task = None
+                    w = self.workers[i]
+                    if res.in_slot:
+                        res.slot = w.slot
+                    elif self.slots is not None:
+                        self.slots.release(w.slot)
+                    w.task, w.slot = None, None
                 except (EOFError, OSError):
                     code = self.workers[i].proc.exitcode
                     res = self._replace(i, Reason.WORKER_DIED, f"decoding process died (exit code {code})")
@@ -300,7 +353,9 @@ class DecodePool:
     def _replace(self, i: int, reason: Reason, text: str) -> DecodeResult:
         w = self.workers[i]
         task = w.task
-        w.kill()
+        w.kill()  # joined: nothing writes into its slot any more
+        if self.slots is not None:
+            self.slots.release(w.slot)
         self.workers[i] = _Worker(self._ctx)
         self.replaced += 1
         meta = VideoMeta(status=FAILED, reason_code=int(reason), reason=text)
@@ -321,6 +376,8 @@ class DecodePool:
             if w.proc.is_alive():
                 w.kill()
         self.workers = []
+        if self.slots is not None:
+            self.slots.close()
 
     def __enter__(self) -> DecodePool:
         return self
