@@ -76,7 +76,8 @@ def group(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         for f in {f for r in g["runs"] for f in r["per_family"]}:
             vals = [float(r["per_family"][f]["top1"]) for r in g["runs"] if f in r["per_family"]]
             fams[f] = sum(vals) / len(vals)
-        differs = ", ".join(f"{k}={g['options'].get(k)}" for k in varying)
+        # an option a probe does not use (None: e.g. no aggregator, the default epochs) is not shown
+        differs = ", ".join(f"{k}={g['options'][k]}" for k in varying if g["options"].get(k) is not None)
         out.append({**g, "stats": stats, "family_means": fams, "differs": differs})
     return out
 

@@ -92,8 +92,9 @@ class Attention(nn.Module):
 class DividedBlock(nn.Module):
     """Temporal attention, spatial attention, MLP (TimeSformer's divided space-time block).
 
-    TimeSformer adds a linear layer (``temporal_fc``) after the temporal attention; we leave it out (it is
-    there to start from image-ViT weights, which we do not).
+    TimeSformer adds a linear layer (``temporal_fc``) after the temporal attention, zero-initialised so that a
+    model loaded from image-ViT weights starts as the image model; we leave it out, and loading image weights
+    (``vcache.pretrain.vit_image``) zeroes the temporal attention's output projection instead.
     """
 
     def __init__(self, dim: int, heads: int, mlp_ratio: float) -> None:
