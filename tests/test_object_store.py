@@ -17,11 +17,14 @@ import pytest
 moto_server = pytest.importorskip("moto.server")
 obstore = pytest.importorskip("obstore")
 
+# the extraction command, its runner and the store comparison of the local-disk fault tests
+from test_reliability import VC, _run  # noqa: E402
+from test_reliability import _assert_same_store as _same  # noqa: E402
+from test_reliability import _extract_args as _args  # noqa: E402
+
 from vcache.store import DONE, FAILED, load_cache, open_store, verify  # noqa: E402
 from vcache.store.location import AlreadyExists, Remote, location  # noqa: E402
 from vcache.store.remote import CREATED, LOCK_DIR, published  # noqa: E402
-
-VC = [sys.executable, "-m", "vcache.cli"]
 
 
 @pytest.fixture(scope="module")
@@ -53,30 +56,6 @@ def monkeypatch_module():
     mp = pytest.MonkeyPatch()
     yield mp
     mp.undo()
-
-
-def _args(root: Path, out: str, *extra: str) -> list[str]:
-    return [
-        "extract", str(root), "--out", out, "--backbone", "r3d_18_narrow", "--crops", "4",
-        "--clip-frames", "8", "--videos-per-shard", "1", "--batch-size", "4", "--quiet", *extra,
-    ]  # fmt: skip
-
-
-def _run(*args: str, check: bool = True) -> subprocess.CompletedProcess:
-    r = subprocess.run([*VC, *args], capture_output=True, text=True, env=os.environ)
-    if check and r.returncode != 0:
-        raise AssertionError(f"exit {r.returncode}: {r.stderr[-2000:]}")
-    return r
-
-
-def _same(a_path, b_path) -> None:
-    a, b = open_store(a_path), open_store(b_path)
-    assert a.paths() == b.paths() and np.array_equal(a.status(), b.status())
-    for name in ("boxes", "flip"):
-        assert np.array_equal(a.group[f"crops/{name}"][:], b.group[f"crops/{name}"][:]), name
-    fa = a.group["crops/features"][:].astype(np.float32)
-    fb = b.group["crops/features"][:].astype(np.float32)
-    assert np.allclose(fa, fb, atol=2e-3, rtol=2e-3)
 
 
 @pytest.fixture(scope="module")
