@@ -40,7 +40,7 @@ from bench_extract import make_videos  # noqa: E402
 from vcache.data.crops import CropSettings  # noqa: E402
 from vcache.data.datasets import load_manifest  # noqa: E402
 from vcache.extract import ExtractOptions, extract  # noqa: E402
-from vcache.extract.options import usable_cores  # noqa: E402
+from vcache.extract.options import torch_threads, usable_cores  # noqa: E402
 from vcache.extract.workers import DecodeTask, decode_task  # noqa: E402
 from vcache.models import build_backbone  # noqa: E402
 
@@ -83,7 +83,7 @@ def main() -> None:
         paths = [(str(root / p), p) for p in manifest.paths]
         n_clips = 16 * len(paths)
         cores = usable_cores()
-        rule = max(1, cores - args.workers)
+        rule = torch_threads(ExtractOptions(workers=args.workers))  # the engine's own rule
         decode_task(DecodeTask(0, *paths[0], s))  # warm-up: page cache, library init
         x = torch.randint(0, 255, (32, 3, pre.clip_frames, pre.input_size, pre.input_size)).float()
         runs: dict[str, list] = {"decode": [], "backbone": [], "e2e": [], "e2e_all_threads": []}
