@@ -28,11 +28,9 @@ def _parse_workers(workers: str) -> int:
     """``auto``: the cores this process may use, less one for the forward pass, split among the ranks that
     torchrun starts on this host (``LOCAL_WORLD_SIZE``), at least 1; else a count >= 0."""
     if workers == "auto":
-        import os
+        from vcache.extract.options import local_ranks, usable_cores
 
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-        local = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1))
-        return max(1, (cores - 1) // local)
+        return max(1, (usable_cores() - 1) // local_ranks())
     try:
         n = int(workers)
     except ValueError:

@@ -63,5 +63,9 @@ def usable_cores() -> int:
 def torch_threads(opts: ExtractOptions) -> int:
     """CPU forward threads: this rank's share of the cores (torchrun: LOCAL_WORLD_SIZE ranks a host) less one
     per decoding process, at least 1, so decoding and the forward pass do not fight over cores."""
-    local = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1))
-    return opts.torch_threads or max(1, usable_cores() // local - opts.workers)
+    return opts.torch_threads or max(1, usable_cores() // local_ranks() - opts.workers)
+
+
+def local_ranks() -> int:
+    """Processes torchrun starts on this host (LOCAL_WORLD_SIZE), 1 outside torchrun: they share its cores."""
+    return max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1))
