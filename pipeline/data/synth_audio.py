@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from vcache.data.synth import COLOURS
+from vcache.data.synth_io import add_h264_stream
 
 __all__ = ["SAMPLE_RATE", "TONES", "add_audio", "frame_digits", "tone_track", "write_mp4_with_audio"]
 
@@ -65,13 +66,7 @@ def write_mp4_with_audio(
     path = Path(path)
     tmp = path.with_name(path.name + ".part")
     with av.open(str(tmp), mode="w", format="mp4") as container:
-        vs = container.add_stream("libx264", rate=fps)
-        vs.width, vs.height = video.shape[2], video.shape[1]
-        vs.pix_fmt = "yuv420p"
-        options = {"crf": str(crf), "preset": "veryfast", "threads": "1"}
-        if intra:
-            options["g"] = "1"
-        vs.options = options
+        vs = add_h264_stream(container, video, fps, crf, intra)
         aus = container.add_stream("aac", rate=sample_rate, layout="mono")
         _encode_audio(container, aus, audio, sample_rate)
         for image in video:

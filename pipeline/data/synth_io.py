@@ -22,6 +22,19 @@ def _noise(rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
     return noise
 
 
+def add_h264_stream(container, video: np.ndarray, fps: int, crf: int = 20, intra: bool = True):
+    """The synthetic set's H.264 video stream on an open PyAV container: libx264, yuv420p, preset veryfast,
+    one encoder thread (identical bytes run to run), every frame a key frame when `intra`."""
+    stream = container.add_stream("libx264", rate=fps)
+    stream.width, stream.height = video.shape[2], video.shape[1]
+    stream.pix_fmt = "yuv420p"
+    options = {"crf": str(crf), "preset": "veryfast", "threads": "1"}
+    if intra:
+        options["g"] = "1"
+    stream.options = options
+    return stream
+
+
 def write_mp4(path: Path, video: np.ndarray, fps: int, crf: int = 20, intra: bool = True) -> None:
     """Encode frames (T, H, W, 3) uint8 RGB as H.264 (libx264, yuv420p) in an mp4 with PyAV.
 
@@ -32,13 +45,7 @@ def write_mp4(path: Path, video: np.ndarray, fps: int, crf: int = 20, intra: boo
 
     tmp = path.with_name(path.name + ".part")
     with av.open(str(tmp), mode="w", format="mp4") as container:
-        stream = container.add_stream("libx264", rate=fps)
-        stream.width, stream.height = video.shape[2], video.shape[1]
-        stream.pix_fmt = "yuv420p"
-        options = {"crf": str(crf), "preset": "veryfast", "threads": "1"}
-        if intra:
-            options["g"] = "1"
-        stream.options = options
+        stream = add_h264_stream(container, video, fps, crf, intra)
         for frame in video:
             for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
                 container.mux(packet)
