@@ -64,8 +64,6 @@ def _classifier(
     extra: dict[str, Any],
 ) -> None:
     options.check_device(device)
-    if low_shot is not None and not 0 < low_shot <= 1:
-        raise typer.BadParameter(f"--low-shot {low_shot}: a fraction in (0, 1]")
     from vcache.learn.probes import ProbeSettings, run_probe
 
     confusion = extra.pop("confusion", False)
@@ -281,21 +279,22 @@ def knn_cmd(
     options.check_device(device)
     if pool not in ("mean", "max"):
         raise typer.BadParameter(f"--pool {pool!r}: choose mean or max")
-    if low_shot is not None and not 0 < low_shot <= 1:
-        raise typer.BadParameter(f"--low-shot {low_shot}: a fraction in (0, 1]")
     from vcache.learn.probes import ProbeSettings, run_knn
 
-    s = ProbeSettings(
-        k=k,
-        temperature=temperature,
-        retrieval=retrieval,
-        pool=pool,
-        low_shot=low_shot,
-        seed=seed,
-        allow_overlap=allow_overlap,
-        allow_mismatch=allow_mismatch,
-        device=device,
-    )
+    try:  # ProbeSettings checks its values (--low-shot); a bad one is a bad option
+        s = ProbeSettings(
+            k=k,
+            temperature=temperature,
+            retrieval=retrieval,
+            pool=pool,
+            low_shot=low_shot,
+            seed=seed,
+            allow_overlap=allow_overlap,
+            allow_mismatch=allow_mismatch,
+            device=device,
+        )
+    except ValueError as e:
+        raise typer.BadParameter(str(e)) from None
     _run(train_store, test_store, out, aggregator, run_knn, s, confusion)
 
 
