@@ -134,23 +134,42 @@ WD_HELP = "Weight decays to try, comma-separated [default: per probe]."
 EPOCHS_HELP = "Most epochs tried; the best count (checked at 10 points) is chosen on validation."
 
 
+# Options shared by the probe commands, each defined once (typer accepts one Option object as the default of
+# several commands' parameters).
+TRAIN = typer.Argument(..., help=TRAIN_HELP)
+TEST = typer.Argument(..., help=TEST_HELP)
+OUT = typer.Option(..., "--out", "-o", help=OUT_HELP)
+AGGREGATOR = typer.Option(None, help=AGG_HELP)
+BN = typer.Option(False, "--bn", help=BN_HELP)
+LOW_SHOT = typer.Option(None, help=LOW_SHOT_HELP)
+LR = typer.Option(None, help=LR_HELP)
+WD = typer.Option(None, help=WD_HELP)
+EPOCHS = typer.Option(None, help=EPOCHS_HELP)
+SEED = typer.Option(0, help="Seed of the split, the initialisation and the batches.")
+VIEWS = typer.Option(None, help=VIEWS_HELP)
+ALLOW_OVERLAP = typer.Option(False, "--allow-overlap", help=OVERLAP_HELP)
+ALLOW_MISMATCH = typer.Option(False, "--allow-mismatch", help=MISMATCH_HELP)
+CONFUSION = typer.Option(False, "--confusion", help=CONFUSION_HELP)
+DEVICE = typer.Option("auto", help=options.DEVICE_HELP)
+
+
 @probe_app.command("linear")
 def linear_cmd(
-    train_store: Path = typer.Argument(..., help=TRAIN_HELP),
-    test_store: Path = typer.Argument(..., help=TEST_HELP),
-    out: Path = typer.Option(..., "--out", "-o", help=OUT_HELP),
-    aggregator: Path | None = typer.Option(None, help=AGG_HELP),
-    bn: bool = typer.Option(False, "--bn", help=BN_HELP),
-    low_shot: float | None = typer.Option(None, help=LOW_SHOT_HELP),
-    lr: str | None = typer.Option(None, help=LR_HELP),
-    wd: str | None = typer.Option(None, help=WD_HELP),
-    epochs: int | None = typer.Option(None, help=EPOCHS_HELP),
-    seed: int = typer.Option(0, help="Seed of the split, the initialisation and the batches."),
-    views: int | None = typer.Option(None, help=VIEWS_HELP),
-    allow_overlap: bool = typer.Option(False, "--allow-overlap", help=OVERLAP_HELP),
-    allow_mismatch: bool = typer.Option(False, "--allow-mismatch", help=MISMATCH_HELP),
-    confusion: bool = typer.Option(False, "--confusion", help=CONFUSION_HELP),
-    device: str = typer.Option("auto", help=options.DEVICE_HELP),
+    train_store: Path = TRAIN,
+    test_store: Path = TEST,
+    out: Path = OUT,
+    aggregator: Path | None = AGGREGATOR,
+    bn: bool = BN,
+    low_shot: float | None = LOW_SHOT,
+    lr: str | None = LR,
+    wd: str | None = WD,
+    epochs: int | None = EPOCHS,
+    seed: int = SEED,
+    views: int | None = VIEWS,
+    allow_overlap: bool = ALLOW_OVERLAP,
+    allow_mismatch: bool = ALLOW_MISMATCH,
+    confusion: bool = CONFUSION,
+    device: str = DEVICE,
 ) -> None:
     """Per-clip linear softmax classifier, softmax averaged over a video's clips (SCALE's Linear)."""
     _classifier(
@@ -162,21 +181,21 @@ def linear_cmd(
 
 @probe_app.command("mlp")
 def mlp_cmd(
-    train_store: Path = typer.Argument(..., help=TRAIN_HELP),
-    test_store: Path = typer.Argument(..., help=TEST_HELP),
-    out: Path = typer.Option(..., "--out", "-o", help=OUT_HELP),
+    train_store: Path = TRAIN,
+    test_store: Path = TEST,
+    out: Path = OUT,
     hidden: int = typer.Option(512, help="Hidden width of the MLP."),
-    bn: bool = typer.Option(False, "--bn", help=BN_HELP),
-    low_shot: float | None = typer.Option(None, help=LOW_SHOT_HELP),
-    lr: str | None = typer.Option(None, help=LR_HELP),
-    wd: str | None = typer.Option(None, help=WD_HELP),
-    epochs: int | None = typer.Option(None, help=EPOCHS_HELP),
-    seed: int = typer.Option(0, help="Seed of the split, the initialisation and the batches."),
-    views: int | None = typer.Option(None, help=VIEWS_HELP),
-    allow_overlap: bool = typer.Option(False, "--allow-overlap", help=OVERLAP_HELP),
-    allow_mismatch: bool = typer.Option(False, "--allow-mismatch", help=MISMATCH_HELP),
-    confusion: bool = typer.Option(False, "--confusion", help=CONFUSION_HELP),
-    device: str = typer.Option("auto", help=options.DEVICE_HELP),
+    bn: bool = BN,
+    low_shot: float | None = LOW_SHOT,
+    lr: str | None = LR,
+    wd: str | None = WD,
+    epochs: int | None = EPOCHS,
+    seed: int = SEED,
+    views: int | None = VIEWS,
+    allow_overlap: bool = ALLOW_OVERLAP,
+    allow_mismatch: bool = ALLOW_MISMATCH,
+    confusion: bool = CONFUSION,
+    device: str = DEVICE,
 ) -> None:
     """An MLP on each clip's feature, softmax averaged over a video's clips (SCALE's MLP baseline)."""
     _classifier(
@@ -204,27 +223,27 @@ def mlp_cmd(
 
 @probe_app.command("transformer")
 def transformer_cmd(
-    train_store: Path = typer.Argument(..., help=TRAIN_HELP),
-    test_store: Path = typer.Argument(..., help=TEST_HELP),
-    out: Path = typer.Option(..., "--out", "-o", help=OUT_HELP),
-    aggregator: Path | None = typer.Option(None, help=AGG_HELP),
+    train_store: Path = TRAIN,
+    test_store: Path = TEST,
+    out: Path = OUT,
+    aggregator: Path | None = AGGREGATOR,
     width: int = typer.Option(
         256, help="Width of the randomly initialised transformer (ignored with a ckpt)."
     ),
     depth: int = typer.Option(
         2, help="Layers of the randomly initialised transformer (ignored with a ckpt)."
     ),
-    bn: bool = typer.Option(False, "--bn", help=BN_HELP),
-    low_shot: float | None = typer.Option(None, help=LOW_SHOT_HELP),
-    lr: str | None = typer.Option(None, help=LR_HELP),
-    wd: str | None = typer.Option(None, help=WD_HELP),
-    epochs: int | None = typer.Option(None, help=EPOCHS_HELP),
-    seed: int = typer.Option(0, help="Seed of the split, the initialisation and the batches."),
-    views: int | None = typer.Option(None, help=VIEWS_HELP),
-    allow_overlap: bool = typer.Option(False, "--allow-overlap", help=OVERLAP_HELP),
-    allow_mismatch: bool = typer.Option(False, "--allow-mismatch", help=MISMATCH_HELP),
-    confusion: bool = typer.Option(False, "--confusion", help=CONFUSION_HELP),
-    device: str = typer.Option("auto", help=options.DEVICE_HELP),
+    bn: bool = BN,
+    low_shot: float | None = LOW_SHOT,
+    lr: str | None = LR,
+    wd: str | None = WD,
+    epochs: int | None = EPOCHS,
+    seed: int = SEED,
+    views: int | None = VIEWS,
+    allow_overlap: bool = ALLOW_OVERLAP,
+    allow_mismatch: bool = ALLOW_MISMATCH,
+    confusion: bool = CONFUSION,
+    device: str = DEVICE,
 ) -> None:
     """The SCALE architecture over all of a video's clips, trained supervised (random init, or SCALE_ft)."""
     extra = {
@@ -256,8 +275,8 @@ def transformer_cmd(
 def knn_cmd(
     train_store: Path = typer.Argument(..., help="Store of the train split: the neighbours (eval mode)."),
     test_store: Path = typer.Argument(..., help="Eval-mode store of the test split: the queries."),
-    out: Path = typer.Option(..., "--out", "-o", help=OUT_HELP),
-    aggregator: Path | None = typer.Option(None, help=AGG_HELP),
+    out: Path = OUT,
+    aggregator: Path | None = AGGREGATOR,
     k: int = typer.Option(20, "--k", help="Neighbours (DINO / SCALE: 20)."),
     temperature: float = typer.Option(0.07, help="Vote temperature (DINO: 0.07)."),
     retrieval: bool = typer.Option(
@@ -270,10 +289,10 @@ def knn_cmd(
         None, help="Use a class-balanced fraction of the train videos as neighbours [default: all]."
     ),
     seed: int = typer.Option(0, help="Seed of the low-shot draw."),
-    allow_overlap: bool = typer.Option(False, "--allow-overlap", help=OVERLAP_HELP),
-    allow_mismatch: bool = typer.Option(False, "--allow-mismatch", help=MISMATCH_HELP),
-    confusion: bool = typer.Option(False, "--confusion", help=CONFUSION_HELP),
-    device: str = typer.Option("auto", help=options.DEVICE_HELP),
+    allow_overlap: bool = ALLOW_OVERLAP,
+    allow_mismatch: bool = ALLOW_MISMATCH,
+    confusion: bool = CONFUSION,
+    device: str = DEVICE,
 ) -> None:
     """DINO-style weighted k-NN on video vectors (mean of clips, minus train mean, L2-normalised)."""
     options.check_device(device)
