@@ -51,7 +51,12 @@ def test_load_aggregator_returns_the_trained_weights(stores):
 
 def test_scale_ft_starts_from_the_checkpoint_and_reads_out_clip_and_cls(stores):
     ckpt = load_checkpoint(stores["ckpt"])
-    head = build_head("scale_ft", 16, 4, ProbeSettings(), stores["ckpt"], precomputed=False)
+    loaded, _ = load_aggregator(stores["ckpt"])
+    first = build_head("scale_ft", 16, 4, ProbeSettings(), loaded, precomputed=False)
+    with torch.no_grad():  # fine-tuning one grid run's model must not move the next run's start
+        for p in first.aggregator.parameters():
+            p.add_(1.0)
+    head = build_head("scale_ft", 16, 4, ProbeSettings(), loaded, precomputed=False)
     assert isinstance(head, SequenceHead) and not head.freeze
     for k, v in head.aggregator.state_dict().items():
         assert torch.equal(v, ckpt["model"][f"aggregator.{k}"]), k
@@ -74,7 +79,7 @@ def test_scale_linear_reads_the_clip_feature_and_the_cls_token(stores):
     pre = _concat_cls(agg, cache.features[:4], cache.boxes[:4], "cpu")
     assert np.allclose(pre, expect.numpy(), atol=1e-5)
     assert np.abs(pre[..., 16:]).min() > 0  # the CLS half carries the token, not zeros
-    frozen = build_head("scale_linear", 16, 4, ProbeSettings(), stores["ckpt"], precomputed=False)
+    frozen = build_head("scale_linear", 16, 4, ProbeSettings(), agg, precomputed=False)
     assert frozen.freeze and not any(p.requires_grad for p in frozen.aggregator.parameters())
     assert torch.allclose(frozen.train().readout(f, b), expect, atol=1e-5)  # train(): aggregator stays eval
 

@@ -26,6 +26,7 @@ runs of `epochs` epochs on 80 % of the train videos, plus one final run of the c
 
 from __future__ import annotations
 
+import copy
 import csv
 import json
 import time
@@ -167,11 +168,11 @@ def run_probe(
     dev = resolve_device(s.device)
     n_cls = num_classes(train, test)
     views = s.train_views(train)
-    agg_meta = None
+    agg_model = agg_meta = None
     name = kind
     tr_f, tr_b, te_f, te_b = train.features, train.boxes, test.features, test.boxes
     if aggregator is not None:
-        _, agg_meta = load_aggregator(aggregator)
+        agg_model, agg_meta = load_aggregator(aggregator)  # read once; every model below copies it
         mismatch += check_compatible(
             agg_meta["provenance"], train.attrs, "the aggregator's store", "the train store", s.allow_mismatch
         )
@@ -179,7 +180,6 @@ def run_probe(
     overlap = check_overlap(train, test, agg_meta, s.allow_overlap)
     precomputed = name == "scale_linear" and views is None
     if precomputed:  # the frozen readout does not change during training: compute concat(C_i, CLS) once
-        agg_model, _ = load_aggregator(aggregator)
         tr_f = _concat_cls(agg_model, tr_f, tr_b, s.device)
         te_f = _concat_cls(agg_model, te_f, te_b, s.device)
     lrs, wds, max_ep = DEFAULT_GRIDS[kind]
@@ -187,7 +187,7 @@ def run_probe(
     eval_at = tuple(sorted({max(1, round(max_ep * (i + 1) / s.eval_points)) for i in range(s.eval_points)}))
 
     def make_model() -> nn.Module:
-        return build_head(name, tr_f.shape[-1], n_cls, s, aggregator, precomputed)
+        return build_head(name, tr_f.shape[-1], n_cls, s, agg_model, precomputed)
 
     idx = labelled(train.labels)
     if len(idx) == 0:
@@ -262,17 +262,22 @@ def run_probe(
 
 
 def build_head(
-    name: str, in_dim: int, n_cls: int, s: ProbeSettings, aggregator: str | Path | None, precomputed: bool
+    name: str,
+    in_dim: int,
+    n_cls: int,
+    s: ProbeSettings,
+    aggregator: ScaleAggregator | None,
+    precomputed: bool,
 ) -> nn.Module:
     """The model a probe trains: per-clip heads for linear / mlp (and SCALE_linear on precomputed
-    concat(C_i, CLS) rows), a SequenceHead for transformer, SCALE_ft (from the checkpoint's weights) and
-    SCALE_linear on sampled views (frozen aggregator)."""
+    concat(C_i, CLS) rows), a SequenceHead for transformer, SCALE_ft (a copy of the loaded checkpoint's
+    aggregator, so each grid run starts from its weights) and SCALE_linear on sampled views (frozen)."""
     if name == "linear" or (name == "scale_linear" and precomputed):
         return ClipHead(in_dim, n_cls, 0, s.bn)
     if name == "mlp":
         return ClipHead(in_dim, n_cls, s.hidden, s.bn)
     if name in ("scale_ft", "scale_linear"):
-        agg, _ = load_aggregator(aggregator)  # the self-supervised weights (and dropout, as official)
+        agg = copy.deepcopy(aggregator)  # the self-supervised weights (and dropout, as official)
         return SequenceHead(agg, n_cls, s.bn, freeze=name == "scale_linear")
     agg = ScaleAggregator(ScaleConfig(feature_dim=in_dim, width=s.width, depth=s.depth))
     return SequenceHead(agg, n_cls, s.bn)
