@@ -73,7 +73,7 @@ def scale_cmd(
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from vcache.learn.aggregator import ScaleConfig
-    from vcache.learn.scale import ShardStream, batch_bounds, train_scale
+    from vcache.learn.scale import ShardStream, steps_per_epoch, train_scale
     from vcache.store import StoreError, cache_nbytes, load_cache
 
     if out.exists() and not resume:
@@ -92,10 +92,10 @@ def scale_cmd(
     try:
         if cache_nbytes(train_store) <= budget:
             cache = load_cache(train_store)
-            n_videos, feature_dim = len(cache.labels), cache.features.shape[-1]
+            feature_dim = cache.features.shape[-1]
         else:
             cache = ShardStream(train_store, budget)
-            n_videos, feature_dim = cache.n_videos, cache.feature_dim
+            feature_dim = cache.feature_dim
             console.print(
                 f"streaming {train_store}: {len(cache.groups)} groups of shards within {budget / 1e9:.1f} GB"
             )
@@ -145,9 +145,8 @@ def scale_cmd(
         console=console,
         disable=quiet,
     )
-    sizes = cache.group_videos if isinstance(cache, ShardStream) else [n_videos]
-    steps_per_epoch = sum(len(batch_bounds(g, min(batch_size, n_videos), drop_last)) for g in sizes)
-    task = progress.add_task("scale", total=epochs * steps_per_epoch, epoch=0, loss=0.0, rate=0.0)
+    steps = steps_per_epoch(cache, batch_size, drop_last)
+    task = progress.add_task("scale", total=epochs * steps, epoch=0, loss=0.0, rate=0.0)
 
     def on_step(info: dict[str, float]) -> None:
         done = info["epoch"] * info["steps"] + info["step"] + 1

@@ -50,8 +50,7 @@ class ShardStream:
         self.groups = [list(range(i, min(st.n_shards, i + size))) for i in range(0, st.n_shards, size)]
         done = st.status() == 1
         self.group_videos = [
-            int(sum(done[st.shard_videos(s).start : st.shard_videos(s).stop].sum() for s in g))
-            for g in self.groups
+            sum(int(done[r.start : r.stop].sum()) for r in map(st.shard_videos, g)) for g in self.groups
         ]
         self.n_videos = int(done.sum())
         self.paths = [p for p, d in zip(st.paths(), done, strict=True) if d]
@@ -93,6 +92,17 @@ def warmup_cosine(step: int, total: int, warmup: float) -> float:
     if step <= w and w > 0:
         return step / w
     return 0.5 * (math.cos(math.pi * (step - w) / max(total - w, 1e-9)) + 1.0)
+
+
+def steps_per_epoch(cache: Cache | ShardStream, batch_size: int, drop_last: bool) -> int:
+    """Optimiser steps in one epoch of `train_scale`: batches within each group of shards (the whole store
+    when it is loaded), of at most `batch_size` videos capped by the number of videos."""
+    if isinstance(cache, ShardStream):
+        n, sizes = cache.n_videos, cache.group_videos
+    else:
+        n = len(cache.features)
+        sizes = [n]
+    return sum(len(batch_bounds(g, min(batch_size, n), drop_last)) for g in sizes)
 
 
 def batch_bounds(n: int, batch: int, drop_last: bool) -> list[tuple[int, int]]:
@@ -144,9 +154,8 @@ def train_scale(
     dev = resolve_device(device)
     provenance = store_provenance(cache.attrs, store_path)
 
-    sizes = cache.group_videos if isinstance(cache, ShardStream) else [n]
     bsz = min(cfg.batch_size, n)
-    steps = sum(len(batch_bounds(g, bsz, cfg.drop_last)) for g in sizes)
+    steps = steps_per_epoch(cache, cfg.batch_size, cfg.drop_last)
     if steps == 0:
         raise StoreError(f"no batch of at least 2 videos: {n} videos, batch size {cfg.batch_size}")
     torch.manual_seed(cfg.seed)
