@@ -168,7 +168,7 @@ def train_scale(
         ckpt = load_checkpoint(out)
         saved = dict(ckpt["config"])
         now = asdict(cfg)
-        diff = [f.name for f in fields(cfg) if _norm(saved.get(f.name)) != _norm(now[f.name])]
+        diff = [f.name for f in fields(cfg) if saved.get(f.name) != now[f.name]]
         if diff:
             raise ValueError(
                 f"--resume: settings differ from the checkpoint's: {', '.join(diff)} (the learning-rate "
@@ -280,10 +280,6 @@ def train_scale(
         samples_per_s=seen / max(t_total, 1e-9),
         data_share=t_data / max(t_total, 1e-9),
     )
-
-
-def _norm(v):
-    return list(v) if isinstance(v, tuple) else v
 
 
 def encode_videos(
