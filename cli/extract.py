@@ -302,6 +302,13 @@ def _print_report(report, quiet: bool) -> None:
             table.add_row(f"... {len(report.failures) - 20} more", "(vcache inspect lists them)")
         console.print(table)
     print_warnings(report.warnings, "done with warnings this run")
+    if report.stopped_by:
+        console.print(
+            f"stopped by {report.stopped_by}: {report.done + report.failed} finished videos are in the "
+            f"store, {report.pending} pending; rerun the same command to resume (only the pending videos "
+            "are redone)",
+            markup=False,
+        )
 
 
 @app.command("backbones")

@@ -33,6 +33,7 @@ from vcache.extract.options import (
     torch_threads,
 )
 from vcache.extract.output import ShardBuffer, clean_leftovers, open_or_create, store_attrs
+from vcache.extract.stop import EXIT_CODES, GracefulStop
 from vcache.extract.workers import DecodePool, DecodeResult, DecodeTask, crop_shape
 from vcache.models import VideoBackbone
 from vcache.runtime.devices import resolve_device, use_device
@@ -136,11 +137,12 @@ def extract(
         if device.type == "cpu":
             torch.set_num_threads(torch_threads(opts))
         try:
-            job.run(rank, world, progress, claims_for(lock))
+            with GracefulStop(announce=first) as job.stop:
+                job.run(rank, world, progress, claims_for(lock))
         finally:
             job.timings["torch_threads"] = torch.get_num_threads()
             torch.set_num_threads(threads)
-        if dist.active:
+        if dist.active and not job.stop.requested:
             job.wait_for_claims()
     finally:
         if lock is not None:
@@ -180,14 +182,13 @@ class _Job:
         self.timings = {"decode_wait": 0.0, "forward": 0.0, "write": 0.0, "worker_decode": 0.0}
         self.failures: list[tuple[str, str]] = []
         self.warnings: list[tuple[str, str]] = []
-        self.clips = 0
+        self.clips = self.finished = 0  # crops through the backbone, videos finished (done or failed)
         self.buffers: dict[int, ShardBuffer] = {}
         self.shard_of: dict[int, int] = {}
         self.batch: list[tuple[int, int, np.ndarray]] = []  # (video, first crop row, uint8 crops)
         self.batch_n = 0
         self.decoded: dict[int, DecodeResult] = {}  # videos whose crops wait for the backbone
         self.progress: Callable[[str, dict[str, Any]], None] | None = None
-        self.todo: list[int] = []
         self.cleaned = 0
         self.repaired: dict[int, str] = {}
         self.open_shards: set[int] = set()  # claimed, not yet written
@@ -195,11 +196,12 @@ class _Job:
         self.pool: DecodePool | None = None
         self.transport = ""
         self.host: torch.Tensor | None = None  # the uint8 batch before the forward pass (see _forward)
+        self.stop = GracefulStop(announce=False)  # extract() installs the signal handlers
         self.t_start = time.perf_counter()
 
     def _pending(self, s: int) -> bool:
         vids = self.store.shard_videos(s)
-        return bool((self.store.group["videos/status"][vids.start : vids.stop] == PENDING).all())
+        return bool((self.store.group["videos/status"][vids.start : vids.stop] == PENDING).any())
 
     def _claimed_videos(self, rank: int, world: int):
         """Videos of the shards this process claims, claimed lazily as decoding needs work: its own share
@@ -218,9 +220,9 @@ class _Job:
                 self.claims.release(s)
                 continue
             self.open_shards.add(s)
-            for v in self.store.shard_videos(s):
+            self.buffers[s] = ShardBuffer(self.store, s, self.map_shape)
+            for v in self.buffers[s].preload(self.store, s):  # a stopped run's finished videos are kept
                 self.shard_of[v] = s
-                self.todo.append(v)
                 yield v
 
     def wait_for_claims(self, poll_s: float = 0.5) -> None:
@@ -253,7 +255,7 @@ class _Job:
             self.transport = pool.transport if opts.workers > 0 else "in process"
             queue = self._claimed_videos(rank, world)
             exhausted = False
-            while True:
+            while not self.stop.requested:
                 waiting = False
                 while not exhausted and pool.pending() < in_flight_cap:
                     v = next(queue, None)
@@ -272,25 +274,25 @@ class _Job:
                         continue
                     break
                 t0 = time.perf_counter()
-                results = pool.get(block=True)
+                results = pool.get(block=True, timeout=0.5)  # wakes to notice a stop request
                 self.timings["decode_wait"] += time.perf_counter() - t0
                 for res in results:
                     self._take(res)
+            if self.stop.requested:  # take what is decoded already; the rest of the queue stays pending
+                for res in pool.get(block=False):
+                    self._take(res)
             self._forward()
+            if self.stop.requested:  # the finished videos of each open shard, the rest stay pending
+                for s in sorted(self.buffers):
+                    self._write(s)
         # start-up: store, locks, claims, worker spawn and imports, until every first worker is ready
         ready = pool.ready_at if opts.workers > 0 and pool.ready_at is not None else self.t_pool
         self.timings["startup"] = ready - self.t_start
         self.timings["startup_workers"] = ready - self.t_pool
-        if self.buffers:  # cannot happen unless a shard lost a video: never write it half-done
+        if self.buffers and not self.stop.requested:  # a shard lost a video: never write it half-done
             raise RuntimeError(
                 f"internal error: shards {sorted(self.buffers)} incomplete at the end of the run"
             )
-
-    def _buffer(self, v: int) -> ShardBuffer:
-        s = self.shard_of[v]
-        if s not in self.buffers:
-            self.buffers[s] = ShardBuffer(self.store, s, self.map_shape)
-        return self.buffers[s]
 
     def _take(self, res: DecodeResult) -> None:
         self.timings["worker_decode"] += res.seconds
@@ -330,7 +332,7 @@ class _Job:
         batch, self.batch, self.batch_n = self.batch, [], 0
         for v, first, crops in batch:
             n = len(crops)
-            buf = self._buffer(v)
+            buf = self.buffers[self.shard_of[v]]
             r0 = buf.rows(v).start + first
             buf.features[r0 : r0 + n] = pooled[row : row + n]
             if fmaps is not None:
@@ -343,7 +345,7 @@ class _Job:
         self.clips += row
 
     def _finish(self, v: int, res: DecodeResult) -> None:
-        buf = self._buffer(v)
+        buf = self.buffers[self.shard_of[v]]
         if res.meta.status == DONE:
             buf.boxes[buf.rows(v)] = res.boxes
             buf.flips[buf.rows(v)] = res.flips
@@ -354,24 +356,28 @@ class _Job:
                 (self.paths[v], f"{Reason(res.meta.reason_code).name.lower()}: {res.meta.reason}")
             )
         buf.metas[v - buf.videos.start] = res.meta
+        self.finished += 1
         if self.progress:
             self.progress("video", {"clips": self.store.crops_per_video if res.meta.status == DONE else 0})
         if buf.complete:
-            s = self.shard_of[v]
-            t0 = time.perf_counter()
-            try:
-                self.store.write_shard(s, buf.features, buf.boxes, buf.flips, buf.metas, buf.maps)
-            except OSError as e:
-                raise StoreWriteError(
-                    f"cannot write shard {s} to {self.store.path}: {e}. Shards written before are intact and "
-                    "marked done; free space or fix the path, then rerun the same command to resume"
-                ) from e
-            self.timings["write"] += time.perf_counter() - t0
-            del self.buffers[s]
-            self.open_shards.discard(s)
-            self.claims.release(s)
-            if self.progress:
-                self.progress("shard", {"shard": s})
+            self._write(self.shard_of[v])
+
+    def _write(self, s: int) -> None:
+        """Write shard s (whole, or after a stop request its finished videos) and give its claim back."""
+        buf = self.buffers.pop(s)
+        t0 = time.perf_counter()
+        try:
+            self.store.write_shard(s, buf.features, buf.boxes, buf.flips, buf.metas, buf.maps)
+        except OSError as e:
+            raise StoreWriteError(
+                f"cannot write shard {s} to {self.store.path}: {e}. Shards written before are intact and "
+                "marked done; free space or fix the path, then rerun the same command to resume"
+            ) from e
+        self.timings["write"] += time.perf_counter() - t0
+        self.open_shards.discard(s)
+        self.claims.release(s)
+        if self.progress and buf.complete:
+            self.progress("shard", {"shard": s})
 
     def report(self, t_start: float) -> ExtractReport:
         store = self.store
@@ -380,6 +386,7 @@ class _Job:
         code = EXIT_OK if n_failed == 0 else EXIT_SOME_FAILED
         if n_failed / max(1, store.n_videos) > self.opts.max_failed_fraction:
             code = EXIT_TOO_MANY_FAILED
+        code = EXIT_CODES.get(self.stop.signal_name, code)
         self.timings["total"] = time.perf_counter() - t_start
         self.timings["steady"] = self.timings["total"] - self.timings.get("startup", 0.0)
         self.timings["cleaned_leftovers"] = self.cleaned
@@ -389,7 +396,7 @@ class _Job:
             done=int((status == DONE).sum()),
             failed=n_failed,
             pending=int((status == PENDING).sum()),
-            processed_now=len(self.todo),
+            processed_now=self.finished,
             clips=self.clips,
             seconds=self.timings["total"],
             failures=self.failures,
@@ -398,6 +405,7 @@ class _Job:
             exit_code=code,
             repaired=self.repaired,
             transport=self.transport,
+            stopped_by=self.stop.signal_name,
         )
 
 

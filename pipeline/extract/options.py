@@ -54,6 +54,7 @@ class ExtractReport:
     exit_code: int = EXIT_OK
     repaired: dict[int, str] = field(default_factory=dict)  # shard -> what was wrong (--repair)
     transport: str = ""  # how crops crossed from the workers: "shm", "pipe (why)" or "in process"
+    stopped_by: str = ""  # "SIGINT" / "SIGTERM" when a graceful stop ended the run early
 
 
 def usable_cores() -> int:

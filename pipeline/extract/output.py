@@ -17,6 +17,7 @@ from vcache.data.crops import CropSettings
 from vcache.extract.options import ExtractOptions
 from vcache.models import VideoBackbone, describe
 from vcache.store import (
+    PENDING,
     FeatureStore,
     StoreError,
     VideoMeta,
@@ -169,6 +170,21 @@ class ShardBuffer:
         self.maps = np.zeros((n * k, *map_shape), dtype=mdt) if map_shape else None
         self.metas: list[VideoMeta | None] = [None] * n
         self.k = k
+
+    def preload(self, store: FeatureStore, shard: int) -> list[int]:
+        """Start from what a graceful stop wrote of this shard: its finished videos' rows and records.
+        Returns the videos still pending (all of them for a shard never written)."""
+        status = store.group["videos/status"][self.videos.start : self.videos.stop]
+        if (status == PENDING).all():
+            return list(self.videos)
+        data = store.shard_data(shard)
+        self.features[:] = data["crops/features"]
+        self.boxes[:] = data["crops/boxes"]
+        self.flips[:] = data["crops/flip"]
+        if self.maps is not None:
+            self.maps[:] = data["crops/maps"]
+        self.metas = store.finished_metas(shard, data)
+        return [v for v, m in zip(self.videos, self.metas, strict=True) if m is None]
 
     def rows(self, video: int) -> slice:
         i = video - self.videos.start

@@ -269,11 +269,15 @@ class DecodePool:
             if self._tasks:
                 self._wake_w.send(None)
 
-    def get(self, block: bool = True) -> list[DecodeResult]:
-        """Results that are ready; waits for at least one when `block` and work is outstanding."""
+    def get(self, block: bool = True, timeout: float | None = None) -> list[DecodeResult]:
+        """Results that are ready; waits for at least one when `block` and work is outstanding (at most
+        `timeout` seconds when given: then the list may be empty)."""
         out = []
         if block and self._outstanding:
-            out.append(self._results.get())
+            try:
+                out.append(self._results.get(timeout=timeout))
+            except queue.Empty:
+                pass
         while True:
             try:
                 out.append(self._results.get_nowait())

@@ -21,10 +21,11 @@ Layout (N videos, K crops per video, D feature dims):
 
 Every per-video array is chunked on `videos_per_shard` boundaries and every per-crop array is
 sharded on `videos_per_shard * K` rows, so shard s of every array covers the same videos. A writer
-writes one whole shard at a time, crops first and the per-video status last, so a shard is either
-entirely pending or entirely finished (done or failed): a killed run resumes by redoing the shards
-that still hold pending videos, and two writers never touch the same file as long as they own
-different shards.
+writes one whole shard at a time, crops first and the per-video status last, so a killed run (SIGKILL)
+leaves a shard entirely pending or entirely finished (done or failed) with its digest; a graceful stop
+(SIGINT, SIGTERM) also writes a shard's finished videos and leaves the others pending, without a digest.
+A run resumes by redoing the pending videos of those shards, and two writers never touch the same file
+as long as they own different shards.
 
 The arrays marked 1.1 are absent from older stores, which stay readable (they read as 0 and ""); a resumed
 older store does not get them.
@@ -171,26 +172,30 @@ class FeatureStore:
         features: np.ndarray,
         boxes: np.ndarray,
         flips: np.ndarray,
-        metas: list[VideoMeta],
+        metas: list[VideoMeta | None],
         maps: np.ndarray | None = None,
     ) -> None:
         """Write one whole shard: crop arrays first, then the per-video arrays, status last.
 
         features: (n*K, D); boxes: (n*K, 6); flips: (n*K,); metas: n entries. Rows of failed videos are
-        written too (zeros, boxes of -1) so every shard file is complete.
+        written too (zeros, boxes of -1) so every shard file is complete. A meta of None is a video not
+        finished yet (a graceful stop writes the finished part of a shard): it stays pending, and a shard
+        with a pending video gets no digest (an empty one) until a later run writes it complete.
         """
         vids = self.shard_videos(shard)
         n, k = len(vids), self.crops_per_video
         if len(metas) != n or features.shape != (n * k, self.feature_dim):
             raise StoreError(f"shard {shard}: expected {n} videos and {(n * k, self.feature_dim)} features")
         r0, r1 = vids.start * k, vids.stop * k
+        metas = [m if m is not None else VideoMeta(status=PENDING) for m in metas]
         data = self._shard_data_to_write(features, boxes, flips, metas, maps)
         for name, a in data.items():  # crop arrays first, per-video ones next, status last
             if name != "videos/status":
                 rows = slice(r0, r1) if name.startswith("crops/") else slice(vids.start, vids.stop)
                 self.group[name][rows] = a
         if "shards" in self.group:  # before the status: a shard marked finished always has its digest
-            self.group["shards/digest"][shard] = shard_digest(data)
+            partly = (data["videos/status"] == PENDING).any()
+            self.group["shards/digest"][shard] = "" if partly else shard_digest(data)
         self.group["videos/status"][vids.start : vids.stop] = data["videos/status"]
 
     def _shard_data_to_write(self, features, boxes, flips, metas, maps) -> dict[str, np.ndarray]:
@@ -225,6 +230,22 @@ class FeatureStore:
             else self.group[n][vids.start : vids.stop]
             for n in names
         }
+
+    def finished_metas(self, shard: int, data: dict[str, np.ndarray]) -> list[VideoMeta | None]:
+        """The per-video records of `shard` as read back by `shard_data`: None for a pending video. A run
+        resuming a partly written shard starts from these, so it redoes only the pending videos."""
+        v = self.group["videos"]
+        out: list[VideoMeta | None] = []
+        for j in range(len(self.shard_videos(shard))):
+            if data["videos/status"][j] == PENDING:
+                out.append(None)
+                continue
+            kw = {n: data[f"videos/{n}"][j].item() for n in (*_META_ARRAYS, *_RECORD_ARRAYS) if n in v}
+            kw["reason"] = str(data["videos/reason"][j])
+            if "warnings" in v:
+                kw["warning"] = str(data["videos/warnings"][j])
+            out.append(VideoMeta(**kw))
+        return out
 
     def update_attrs(self, **kv: Any) -> None:
         self.group.attrs.update(kv)
