@@ -41,12 +41,11 @@ from vcache.store import (
     DONE,
     FAILED,
     PENDING,
-    FeatureStore,
     Reason,
 )
 from vcache.store.location import Remote, location
 from vcache.store.lock import StoreLocked, claims_for, new_run_id, open_lock
-from vcache.store.verify import damaged_shards, mark_for_repair
+from vcache.store.verify import damaged_shards, mark_for_repair, reset_failed
 
 
 def dist_rank_world() -> tuple[int, int]:
@@ -241,7 +240,7 @@ class _Job:
     def _run(self, rank: int, world: int) -> None:
         store, opts, progress = self.store, self.opts, self.progress
         if opts.retry_failed:
-            _reset_failed(store, rank, world)
+            reset_failed(store, rank, world)
         if progress:
             done = int((store.status() != PENDING).sum())
             progress("start", {"total": store.n_videos, "done": done})
@@ -296,6 +295,8 @@ class _Job:
 
     def _take(self, res: DecodeResult) -> None:
         self.timings["worker_decode"] += res.seconds
+        if self.stop.requested and res.meta.reason_code == Reason.WORKER_DIED:
+            return  # killed with the run's own stop: the video stays pending
         if res.meta.status != DONE:
             self._finish(res.index, res)
             return
@@ -407,18 +408,3 @@ class _Job:
             transport=self.transport,
             stopped_by=self.stop.signal_name,
         )
-
-
-def _reset_failed(store: FeatureStore, rank: int, world: int) -> None:
-    """Mark this process's failed videos pending again so their shards are redone (`--retry-failed`)."""
-    status = store.status()
-    for s in range(store.n_shards):
-        if s % world != rank:
-            continue
-        vids = store.shard_videos(s)
-        if (status[vids.start : vids.stop] == FAILED).any():
-            store.group["videos/status"][vids.start : vids.stop] = np.where(
-                status[vids.start : vids.stop] == FAILED, PENDING, status[vids.start : vids.stop]
-            ).astype(np.uint8)
-            if "shards" in store.group:  # rewritten by this run; until then it has no valid digest
-                store.group["shards/digest"][s] = ""
