@@ -41,6 +41,15 @@ def _parse_workers(workers: str) -> int:
     return n
 
 
+def _parse_threads(threads: str) -> int | None:
+    """``auto``: None, the engine's rule (vcache.extract.options.torch_threads); else a count >= 1."""
+    if threads == "auto":
+        return None
+    if not threads.isdigit() or int(threads) < 1:
+        raise typer.BadParameter(f"--torch-threads {threads!r}: auto or a number >= 1")
+    return int(threads)
+
+
 @app.command("extract")
 def extract_cmd(
     videos: Path = typer.Argument(
@@ -119,6 +128,23 @@ def extract_cmd(
     ),
     device: str = typer.Option("auto", help="auto (CUDA when there is one), cpu or cuda[:N]."),
     amp: bool = typer.Option(True, "--amp/--no-amp", help="Mixed precision on CUDA."),
+    transport: str = typer.Option(
+        "shm", help="How crops cross from the decoding processes: shm (shared memory) or pipe."
+    ),
+    torch_threads: str = typer.Option(
+        "auto", help="CPU forward threads: auto (the cores the decoding processes leave, at least 1) or N."
+    ),
+    overlap: str = typer.Option(
+        "auto",
+        help="Assemble the next batch while the current one runs: auto (on CUDA only; on 2 CPU cores it did "
+        "not help), on or off.",
+    ),
+    channels_last: bool = typer.Option(
+        False, "--channels-last", help="Channels-last memory for the backbone and its clips [default: off]."
+    ),
+    compile_: bool = typer.Option(
+        False, "--compile", help="torch.compile the backbone (minutes to compile) [default: off]."
+    ),
     fp32: bool = typer.Option(False, "--fp32", help="Store features as float32 instead of float16."),
     videos_per_shard: int = typer.Option(64, help="Videos per store shard (the unit written and resumed)."),
     overwrite: bool = typer.Option(False, help="Delete an existing store at --out and start again."),
@@ -169,6 +195,10 @@ def extract_cmd(
             parse_layout(layout)
         except ValueError as e:
             raise typer.BadParameter(str(e)) from None
+    if transport not in ("shm", "pipe"):
+        raise typer.BadParameter(f"--transport {transport!r}: choose shm or pipe")
+    if overlap not in ("auto", "on", "off"):
+        raise typer.BadParameter(f"--overlap {overlap!r}: choose auto, on or off")
     if pool not in (None, "avg", "max", "cls", "pooler"):
         raise typer.BadParameter(f"--pool {pool!r}: choose avg, max, cls or pooler")
     if not videos.is_dir():
@@ -219,6 +249,11 @@ def extract_cmd(
         max_decode_errors=max_decode_errors,
         device=device,
         amp=amp,
+        shared_memory=transport == "shm",
+        torch_threads=_parse_threads(torch_threads),
+        overlap={"auto": None, "on": True, "off": False}[overlap],
+        channels_last=channels_last,
+        compile=compile_,
         feature_maps=feature_maps,
         feature_dtype="float32" if fp32 else "float16",
         videos_per_shard=videos_per_shard,

@@ -24,6 +24,7 @@ import torch
 
 from vcache.data.crops import CropSettings
 from vcache.extract.fanout import Fanout
+from vcache.extract.forward import BatchRunner
 from vcache.extract.options import (
     EXIT_OK,
     EXIT_SOME_FAILED,
@@ -179,6 +180,7 @@ def extract_many(
                 fan.run(rank, world, progress, [claims_for(lk) for lk in locks])
         finally:
             for job in jobs:
+                job.runner.close()
                 job.timings["torch_threads"] = torch.get_num_threads()
             torch.set_num_threads(threads)
         if dist.active and not stop.requested:
@@ -210,12 +212,10 @@ class _Job:
         self.device, self.map_shape = device, map_shape
         self.root = Path(manifest.root)
         self.paths = store.paths()
-        pre = backbone.preprocessing
-        self.mean = torch.tensor(pre.mean, device=device).view(1, 3, 1, 1, 1) * 255
-        self.std = torch.tensor(pre.std, device=device).view(1, 3, 1, 1, 1) * 255
-        self.use_amp = opts.amp and device.type == "cuda"
         # maps cross to the host in the store's dtype (--fp32 must not round them to float16 on the way)
-        self.map_dtype = torch.float32 if opts.feature_dtype == "float32" else torch.float16
+        map_dtype = torch.float32 if opts.feature_dtype == "float32" else torch.float16
+        self.runner = BatchRunner(backbone, device, opts, map_shape, map_dtype)
+        self.inflight = None  # a launched batch not yet collected (overlap)
         self.timings = {"decode_wait": 0.0, "forward": 0.0, "write": 0.0, "worker_decode": 0.0}
         self.failures: list[tuple[str, str]] = []
         self.warnings: list[tuple[str, str]] = []
@@ -232,7 +232,6 @@ class _Job:
         self.claims = None  # ShardClaims or RemoteClaims
         self.pool: Fanout | None = None  # gives a video's slot back once every backbone has its crops
         self.transport = ""
-        self.host: torch.Tensor | None = None  # the uint8 batch before the forward pass (see _forward)
         self.stop = GracefulStop(announce=False)  # extract() installs the signal handlers
         self.t_start = time.perf_counter()
 
@@ -261,28 +260,33 @@ class _Job:
             if self.batch_n >= self.opts.batch_size:
                 self._forward()
 
-    def _forward(self) -> None:
-        if not self.batch:
-            return
-        t0 = time.perf_counter()
-        parts = [c for _, _, c in self.batch]
-        n, shape = sum(len(c) for c in parts), parts[0].shape[1:]
-        if self.host is None or self.host.shape[1:] != shape or len(self.host) < n:
-            # one reused batch buffer, page-locked on CUDA for an async copy (free again after .cpu() below)
-            pin = self.device.type == "cuda"
-            self.host = torch.empty((max(n, self.opts.batch_size), *shape), dtype=torch.uint8, pin_memory=pin)
-        np.concatenate(parts, out=self.host[:n].numpy())
-        x = self.host[:n].to(self.device, non_blocking=True)
-        x = (x.permute(0, 4, 1, 2, 3).float() - self.mean) / self.std  # (B, T, S, S, 3) -> (B, 3, T, S, S)
-        with torch.inference_mode(), torch.autocast(self.device.type, enabled=self.use_amp):
-            pooled, fmap = self.backbone(x)
-        pooled = pooled.float().cpu().numpy()
-        fmaps = fmap.to(self.map_dtype).cpu().numpy() if self.map_shape else None
-        self.timings["forward"] += time.perf_counter() - t0
+    def _forward(self, flush: bool = False) -> None:
+        """Start the batch in hand, then collect the batch before it: with overlap (vcache.extract.forward)
+        a batch is collected only once the next one runs, or when `flush` asks for everything now."""
+        launched = None
+        if self.batch:
+            t0 = time.perf_counter()
+            handle = self.runner.launch([c for _, _, c in self.batch])
+            batch, self.batch, self.batch_n = [(v, f, len(c)) for v, f, c in self.batch], [], 0
+            for v, first, n in batch:
+                if first + n == self.store.crops_per_video:
+                    self.pool.release(self.decoded[v].slot)  # its crops are in the host buffer now
+            launched = (handle, batch)
+            self.timings["forward"] += time.perf_counter() - t0
+        if self.inflight is not None:
+            self._collect(*self.inflight)
+            self.inflight = None
+        if launched is not None:
+            if self.runner.overlap and not flush:
+                self.inflight = launched
+            else:
+                self._collect(*launched)
+
+    def _collect(self, handle, batch: list[tuple[int, int, int]]) -> None:
+        pooled, fmaps, waited = self.runner.result(handle)
+        self.timings["forward"] += waited
         row = 0
-        batch, self.batch, self.batch_n = self.batch, [], 0
-        for v, first, crops in batch:
-            n = len(crops)
+        for v, first, n in batch:
             buf = self.buffers[self.shard_of[v]]
             r0 = buf.rows(v).start + first
             buf.features[r0 : r0 + n] = pooled[row : row + n]
@@ -290,9 +294,7 @@ class _Job:
                 buf.maps[r0 : r0 + n] = fmaps[row : row + n]
             row += n
             if first + n == self.store.crops_per_video:
-                res = self.decoded.pop(v)
-                self.pool.release(res.slot)  # its crops are in x now
-                self._finish(v, res)
+                self._finish(v, self.decoded.pop(v))
         self.clips += row
 
     def _finish(self, v: int, res: DecodeResult) -> None:

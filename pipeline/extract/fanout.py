@@ -144,7 +144,7 @@ class Fanout:
                 if pool.pending() == 0:
                     if waiting:  # every claimed video is decoded: run the backbones, write, claim again
                         for j in jobs:
-                            j._forward()
+                            j._forward(flush=True)
                         continue
                     break
                 t0 = time.perf_counter()
@@ -156,7 +156,7 @@ class Fanout:
                 for res in pool.get(block=False):
                     self._take(res)
             for j in jobs:
-                j._forward()
+                j._forward(flush=True)
             if self.stop.requested:  # the finished videos of each open shard, the rest stay pending
                 for j in jobs:
                     for s in sorted(j.buffers):

@@ -34,7 +34,7 @@ import numpy as np
 from vcache.data.crops import CropSettings, cut, decode_size, sample_crops
 from vcache.data.records import DONE, FAILED, Reason, VideoMeta
 from vcache.data.video import VideoError, VideoInfo, capture_stderr, decode_frames, probe, warnings_for
-from vcache.extract.slots import Attached, make_slots
+from vcache.extract.slots import Attached, make_slots, slot_bytes, split_crops
 
 
 @dataclass
@@ -145,24 +145,10 @@ def crop_shape(s: CropSettings) -> tuple[int, int, int, int, int]:
     return (s.k, s.clip_frames, s.input_size, s.input_size, 3)
 
 
-def slot_bytes(shapes: list[tuple[int, ...]]) -> int:
-    return sum(int(np.prod(sh)) for sh in shapes)
-
-
 def slot_shape(groups: tuple[CropSettings, ...]) -> tuple[int, ...]:
     """A slot for one video: its crops' shape for one crop set, else a flat buffer that holds every set."""
     shapes = [crop_shape(s) for s in groups]
     return shapes[0] if len(shapes) == 1 else (slot_bytes(shapes),)
-
-
-def split_crops(flat: np.ndarray, shapes: list[tuple[int, ...]]) -> list[np.ndarray]:
-    """Views of each crop set in a flat buffer (slot_shape's layout: the sets one after another)."""
-    views, at = [], 0
-    for sh in shapes:
-        n = int(np.prod(sh))
-        views.append(flat[at : at + n].reshape(sh))
-        at += n
-    return views
 
 
 _READY = "ready"
