@@ -355,7 +355,8 @@ def _print_report(report, quiet: bool) -> None:
         f"{report.pending} pending; this run {report.processed_now} videos, {report.clips} clips "
         f"in {report.seconds:.1f} s ({rate:.1f} clips/s; forward {t.get('forward', 0):.1f} s, "
         f"waiting for decode {t.get('decode_wait', 0):.1f} s, store writes {t.get('write', 0):.2f} s; "
-        f"start-up {t.get('startup', 0):.1f} s, steady state {t.get('steady', 0):.1f} s)"
+        f"start-up {t.get('startup', 0):.1f} s, steady state {t.get('steady', 0):.1f} s; crops via "
+        f"{report.transport}, {t.get('torch_threads', 0):.0f} torch threads)"
     )
     for shard, why in sorted(report.repaired.items()):
         console.print(f"repaired shard {shard}: {why}", soft_wrap=True, markup=False)

@@ -45,12 +45,14 @@ class BatchRunner:
         self.mean = torch.tensor(pre.mean, device=device).view(1, 3, 1, 1, 1) * 255
         self.std = torch.tensor(pre.std, device=device).view(1, 3, 1, 1, 1) * 255
         self.use_amp = opts.amp and device.type == "cuda"
-        overlap = getattr(opts, "overlap", None)
-        self.overlap = device.type == "cuda" if overlap is None else bool(overlap)
+        self.overlap = device.type == "cuda" if opts.overlap is None else bool(opts.overlap)
         self.input_format = torch.contiguous_format
-        if getattr(opts, "channels_last", False) and to_channels_last(backbone):
+        if opts.channels_last and to_channels_last(backbone):
             self.input_format = torch.channels_last_3d
-        self.fn = torch.compile(backbone, dynamic=False) if getattr(opts, "compile", False) else backbone
+        self.fn = backbone
+        if opts.compile:  # True: inductor; a name: that torch.compile backend
+            backend = "inductor" if opts.compile is True else opts.compile
+            self.fn = torch.compile(backbone, dynamic=False, backend=backend)
         self.hosts: list[torch.Tensor | None] = [None, None]
         self.turn = 0
         self.thread: ThreadPoolExecutor | None = None

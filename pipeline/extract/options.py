@@ -24,7 +24,7 @@ class ExtractOptions:
     amp: bool = True  # autocast on CUDA
     overlap: bool | None = None  # launch the next batch before collecting this one; None: on CUDA only
     channels_last: bool = False  # parameters and clips in channels-last memory (vcache.extract.forward)
-    compile: bool = False  # torch.compile the backbone's forward
+    compile: bool | str = False  # torch.compile the backbone's forward (True: inductor; or a backend name)
     feature_maps: bool = False
     feature_dtype: str = "float16"
     videos_per_shard: int = 64
