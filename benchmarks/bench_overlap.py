@@ -12,7 +12,8 @@ Per repeat (median of `--repeats`, with min and max):
 - end to end: vcache.extract.extract, steady state = total - start-up (store, spawn, imports until the
   worker is ready), as the engine reports it; also with torch taking every core (the rule off), and with
   the next batch assembled while a forward thread runs the current one (`--overlap-repeats`; off by
-  default on the CPU: this measures whether it helps here).
+  default on the CPU: this measures whether it helps here), and with --channels-last
+  (`--channels-last-repeats`).
 
 Target: steady state <= 1.1x (decode only + backbone only). On 2 cores with one decoding process and one
 torch thread, perfect overlap reaches max(decode, backbone): the larger of the two is the bound.
@@ -24,6 +25,7 @@ Writes benchmarks/results/overlap.json.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import platform
@@ -61,6 +63,7 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=1)
     ap.add_argument("--all-threads-repeats", type=int, default=1, help="runs with the thread rule off")
     ap.add_argument("--overlap-repeats", type=int, default=0, help="runs with ExtractOptions(overlap=True)")
+    ap.add_argument("--channels-last-repeats", type=int, default=0, help="runs with --channels-last")
     ap.add_argument("--out", type=Path, default=RESULTS / "overlap.json")
     args = ap.parse_args()
     torch.manual_seed(0)
@@ -115,6 +118,7 @@ def main() -> None:
                 r < args.all_threads_repeats
             )
             variants += [("e2e_overlap", None, True)] * (r < args.overlap_repeats)
+            variants += [("e2e_channels_last", None, False)] * (r < args.channels_last_repeats)
             for name, threads, overlap in variants:
                 opts = ExtractOptions(
                     workers=args.workers,
@@ -123,7 +127,10 @@ def main() -> None:
                     overwrite=True,
                     overlap=overlap,
                 )
-                rep = extract(manifest, tmp / "s.zarr", model, s, opts)
+                m = model
+                if name == "e2e_channels_last":  # the engine converts the model in place: give it a copy
+                    opts.channels_last, m = True, copy.deepcopy(model)
+                rep = extract(manifest, tmp / "s.zarr", m, s, opts)
                 assert rep.done == len(paths), rep.failures
                 runs[name].append({**{k: round(v, 3) for k, v in rep.timings.items()}, "load1": load})
             print(f"repeat {r}: {runs['e2e'][-1]}", file=sys.stderr)
@@ -139,7 +146,7 @@ def main() -> None:
             "runs": runs,
         }
         sums = [d + b for d, b in zip(runs["decode"], runs["backbone"], strict=True)]
-        for name in ("e2e", "e2e_all_threads", "e2e_overlap"):
+        for name in ("e2e", "e2e_all_threads", "e2e_overlap", "e2e_channels_last"):
             n = len(runs[name])
             if n == 0:
                 continue
