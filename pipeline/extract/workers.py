@@ -34,7 +34,7 @@ import numpy as np
 from vcache.data.crops import CropSettings, cut, decode_size, sample_crops
 from vcache.data.records import DONE, FAILED, Reason, VideoMeta
 from vcache.data.video import VideoError, VideoInfo, capture_stderr, decode_frames, probe, warnings_for
-from vcache.extract.slots import Attached, make_slots
+from vcache.extract.slots import Attached, make_slots, slot_bytes, split_crops
 
 
 @dataclass
@@ -44,13 +44,20 @@ class DecodeTask:
     key: str  # the video's relative path: seeds its crops
     settings: CropSettings
     max_decode_errors: int | None = None  # more decoder messages than this: the video fails
+    more: tuple[CropSettings, ...] = ()  # further crop sets cut from the same decoded frames (see groups)
+
+    @property
+    def groups(self) -> tuple[CropSettings, ...]:
+        return (self.settings, *self.more)
 
 
 @dataclass
 class DecodeResult:
     index: int
     meta: VideoMeta
-    crops: np.ndarray | None = None  # (K, T, S, S, 3) uint8
+    # (K, T, S, S, 3) uint8; with several crop sets (DecodeTask.more) one flat buffer holding each set's
+    # crops in turn (split_crops), and boxes / flips stacked: rows g*K .. (g+1)*K - 1 are set g's
+    crops: np.ndarray | None = None
     boxes: np.ndarray | None = None  # (K, 6) float32
     flips: np.ndarray | None = None  # (K,) bool
     seconds: float = 0.0
@@ -87,20 +94,30 @@ def decode_task(task: DecodeTask, out: np.ndarray | None = None) -> DecodeResult
 
 
 def _decode(task: DecodeTask, out: np.ndarray | None = None) -> DecodeResult:
-    s = task.settings
+    groups = task.groups
     try:
         info = probe(task.path)
-        crops = sample_crops(s, task.key, info.num_frames, info.height, info.width)
-        dh, dw = decode_size(crops, info.height, info.width, s.input_size)
-        needed = np.unique(np.concatenate([c.frames for c in crops]))
+        sets = [sample_crops(s, task.key, info.num_frames, info.height, info.width) for s in groups]
+        # one decode for every crop set: at the largest size any set needs, of the frames any set needs
+        h, w = info.height, info.width
+        sizes = [decode_size(c, h, w, s.input_size) for c, s in zip(sets, groups, strict=True)]
+        dh, dw = max(h for h, _ in sizes), max(w for _, w in sizes)
+        needed = np.unique(np.concatenate([c.frames for crops in sets for c in crops]))
         notes: list[str] = []
         frames, decoded = decode_frames(task.path, needed, dh, dw, info.num_frames, notes)
-        shape = (len(crops), s.clip_frames, s.input_size, s.input_size, 3)
-        if out is None or out.shape != shape:
-            out = np.empty(shape, dtype=np.uint8)
-        for i, c in enumerate(crops):
-            clip = np.stack([frames[int(f)] for f in c.frames])
-            out[i] = cut(clip, c.box, c.flip, s.input_size)
+        shapes = [crop_shape(s) for s in groups]
+        if len(groups) == 1:
+            if out is None or out.shape != shapes[0]:
+                out = np.empty(shapes[0], dtype=np.uint8)
+            views = [out]
+        else:
+            if out is None or out.ndim != 1 or out.size < slot_bytes(shapes):
+                out = np.empty(slot_bytes(shapes), dtype=np.uint8)
+            views = split_crops(out, shapes)
+        for crops, s, view in zip(sets, groups, views, strict=True):
+            for i, c in enumerate(crops):
+                clip = np.stack([frames[int(f)] for f in c.frames])
+                view[i] = cut(clip, c.box, c.flip, s.input_size)
     except VideoError as e:
         return DecodeResult(task.index, VideoMeta(status=FAILED, reason_code=int(e.code), reason=e.text))
     except Exception as e:  # anything unexpected still must not stop the run
@@ -117,14 +134,21 @@ def _decode(task: DecodeTask, out: np.ndarray | None = None) -> DecodeResult:
         width=info.width,
         rotation=info.rotation,
     )
-    boxes = np.stack([c.box for c in crops]).astype(np.float32)
-    flips = np.array([c.flip for c in crops], dtype=bool)
+    boxes = np.stack([c.box for crops in sets for c in crops]).astype(np.float32)
+    flips = np.array([c.flip for crops in sets for c in crops], dtype=bool)
     return DecodeResult(task.index, meta, out, boxes, flips, info=info, notes=notes)
 
 
 def crop_shape(s: CropSettings) -> tuple[int, int, int, int, int]:
-    """The shape of one video's crops (the size of a shared-memory slot)."""
-    return (s.crops_per_video, s.clip_frames, s.input_size, s.input_size, 3)
+    """The shape of one video's crops (the size of a shared-memory slot): K of the mode (eval: clips x
+    spatial crops, pairs: 2 x pairs), not the train-mode count."""
+    return (s.k, s.clip_frames, s.input_size, s.input_size, 3)
+
+
+def slot_shape(groups: tuple[CropSettings, ...]) -> tuple[int, ...]:
+    """A slot for one video: its crops' shape for one crop set, else a flat buffer that holds every set."""
+    shapes = [crop_shape(s) for s in groups]
+    return shapes[0] if len(shapes) == 1 else (slot_bytes(shapes),)
 
 
 _READY = "ready"
@@ -178,7 +202,7 @@ def _worker_main(tasks: Connection, results: Connection, parent_pid: int) -> Non
         if msg is None:
             return
         task, slot_name = msg
-        out = attached.array(slot_name, crop_shape(task.settings)) if slot_name else None
+        out = attached.array(slot_name, slot_shape(task.groups)) if slot_name else None
         res = decode_task(task, out)
         if res.in_slot:
             res.crops = None  # the parent reads them from the slot
