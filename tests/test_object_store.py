@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-moto_server = pytest.importorskip("moto.server")
+pytest.importorskip("moto.server")
 obstore = pytest.importorskip("obstore")
 
 # the extraction command, its runner and the store comparison of the local-disk fault tests
@@ -25,37 +25,6 @@ from test_reliability import _extract_args as _args  # noqa: E402
 from vcache.store import DONE, FAILED, load_cache, open_store, verify  # noqa: E402
 from vcache.store.location import AlreadyExists, Remote, location  # noqa: E402
 from vcache.store.remote import CREATED, LOCK_DIR, published  # noqa: E402
-
-
-@pytest.fixture(scope="module")
-def s3(monkeypatch_module):
-    """An S3 server on a free local port, with the standard AWS variables pointing at it."""
-    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    env = {
-        "AWS_ENDPOINT_URL": f"http://{host}:{port}",
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_REGION": "us-east-1",
-        "AWS_DEFAULT_REGION": "us-east-1",
-    }
-    for k, v in env.items():
-        monkeypatch_module.setenv(k, v)
-    import boto3
-
-    boto3.client("s3", endpoint_url=env["AWS_ENDPOINT_URL"], region_name="us-east-1").create_bucket(
-        Bucket="vc-test"
-    )
-    yield env
-    server.stop()
-
-
-@pytest.fixture(scope="module")
-def monkeypatch_module():
-    mp = pytest.MonkeyPatch()
-    yield mp
-    mp.undo()
 
 
 @pytest.fixture(scope="module")
