@@ -96,7 +96,7 @@ def test_a_taker_killed_mid_takeover_does_not_block_the_object(s3):
     store.put(CREATED, _record(_dead_pid(), nonce="3"))
     tag = str(store.head(CREATED)["e_tag"]).strip('"')
     store.put(f"{CREATED}.takeover-{tag}", _record(_dead_pid(), nonce="4"))
-    attrs = {"schema_version": 1, "n_videos": 1, "crops_per_video": 1, "videos_per_shard": 1, "feature_dim": 1}
-    create_remote(store, lambda root: root.create_group("videos"), attrs, wait_s=20)
+    attrs = {"schema_version": 1, "n_videos": 1, "crops_per_video": 1, "videos_per_shard": 1}
+    create_remote(store, lambda root: root.create_group("videos"), {**attrs, "feature_dim": 1}, wait_s=20)
     assert json.loads(store.read(CREATED))["pid"] == os.getpid()
     assert not store.list(f"{CREATED}.takeover-")
