@@ -224,3 +224,15 @@ def test_storage_option_on_the_command_line(s3, tiny_dataset, monkeypatch):
     assert r.returncode != 0  # the option is what reached the server above
     r = _run("--storage-option", "no-equals-sign", "inspect", url, check=False)
     assert r.returncode == 2 and "KEY=VALUE" in r.stderr
+
+
+def test_gs_and_az_urls_reach_their_clients(monkeypatch):
+    """gs:// and az:// are parsed and configured (no server: these are untested against GCS or Azure)."""
+    monkeypatch.setenv("VCACHE_STORAGE_OPTIONS", "account_name=acct,use_emulator=true")
+    az = location(str(Path("az://cont/runs/train.zarr")))  # the path options' s3:/... form, repaired
+    assert type(az.obj).__name__ == "AzureStore" and az.obj.prefix == "runs/train.zarr"
+    assert az.obj.config["container_name"] == "cont" and az.obj.config["account_name"] == "acct"
+    monkeypatch.delenv("VCACHE_STORAGE_OPTIONS")
+    gs = location("gs://bkt/runs/train.zarr")
+    assert type(gs.obj).__name__ == "GCSStore" and gs.obj.config["bucket"] == "bkt"
+    assert str(gs.obj.prefix) == "runs/train.zarr" and gs.name == "train.zarr"
