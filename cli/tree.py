@@ -68,8 +68,8 @@ def _root(
         None,
         "--cache-dir",
         help="Folder for verified local copies of stores on object storage that stage 2 reads (probes, "
-        "train-aggregator scale), reused while a store is unchanged [default: VCACHE_CACHE_DIR, else none: "
-        "read the bucket each time].",
+        "train-aggregator), reused while a store is unchanged [default: VCACHE_CACHE_DIR, else none: read "
+        "the bucket each time].",
     ),
 ) -> None:
     bad = [o for o in storage_option if "=" not in o or "," in o]
