@@ -102,7 +102,7 @@ def output_exists(p: Path | str) -> bool:
     return loc.exists() if isinstance(loc, Path) else loc.exists("zarr.json")
 
 
-def _remove(p: Path | str) -> None:
+def remove_output(p: Path | str) -> None:
     loc = location(p)
     if isinstance(loc, Remote):
         loc.delete_all()
@@ -142,7 +142,7 @@ def run_plan(
                 done[step.name] = old
                 continue
         for p in step.outputs:  # a changed step starts from nothing (resumable commands would mix runs)
-            _remove(p)
+            remove_output(p)
         echo(f"[{i}/{len(plan.steps)}] vcache {' '.join(step.argv)}")
         t0 = time.perf_counter()
         measured: dict[str, float] = {}
