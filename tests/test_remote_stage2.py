@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import subprocess
 import threading
 
 import numpy as np
@@ -100,7 +101,12 @@ def test_local_copy_reused_refreshed_and_verified(pair, tmp_path, monkeypatch):
     local, url = pair
     monkeypatch.setenv("VCACHE_CACHE_DIR", str(tmp_path / "cache"))
     copy = copy_path(url, tmp_path / "cache")
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    killed = copy.parent / f".{copy.name}.copying-0a1b2c3d-{dead.pid}"  # a copy killed half-way
+    (killed / "crops").mkdir(parents=True)
     _same(load_cache(local), load_cache(url))
+    assert not killed.exists()
     rec = json.loads((copy / RECORD).read_text())
     assert rec["url"] == url and not (copy / ".vcache-locks").exists()
     stamp = (copy / RECORD).stat().st_mtime_ns

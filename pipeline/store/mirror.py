@@ -15,7 +15,8 @@ verified before it is used:
   a store caught between puts, or corrupted on the way, is refused;
 - the store is listed again and must still have the same fingerprint (nothing was written meanwhile);
 then ``.vcache-copy.json`` (URL, fingerprint, time) is written and the folder renamed into place. A store
-that keeps changing while it is copied (an extraction still running) is refused after three tries.
+that keeps changing while it is copied (an extraction still running) is refused after three tries. A copy
+killed half-way leaves ``.NAME.copying-<id>-<pid>``, removed by the next copy once that pid is gone.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from vcache.store.format import StoreError, open_store
+from vcache.store.lease import pid_alive
 from vcache.store.location import Remote, location
 from vcache.store.verify import damaged_shards
 
@@ -95,13 +97,16 @@ def local_copy(url: str | Path, folder: Path, threads: int = 16) -> Path:
         (got / RECORD).write_text(json.dumps({"url": str(loc), "fingerprint": fp, "time": time.time()}))
         _replace(got, final)
         return final
-    raise RuntimeError(f"{loc}: the store changed during each of {TRIES} copies (is a run writing it?)")
+    raise StoreError(f"{loc}: the store changed during each of {TRIES} copies (is a run writing it?)")
 
 
 def _download(loc: Remote, objects: dict[str, tuple[int, str]], final: Path, threads: int) -> Path | None:
     """Fetch every object into a temporary folder beside `final`; None (and nothing left behind) when an
     object is gone or has another size than listed."""
     final.parent.mkdir(parents=True, exist_ok=True)
+    for old in final.parent.glob(f".{final.name}.copying-*"):  # left by a copy that was killed
+        if not pid_alive(int(old.name.rsplit("-", 1)[1])):
+            shutil.rmtree(old, ignore_errors=True)
     tmp = final.parent / f".{final.name}.copying-{uuid.uuid4().hex[:8]}-{os.getpid()}"
 
     def fetch(key: str) -> bool:
