@@ -69,14 +69,16 @@ demo: install
 # The papers' tables at this machine's scale, beside the papers' numbers (docs/tables.md).
 # QUICK=1: the ~2-minute version (results/quick/). DATA=/path/to/UCF-101 SPLITS=/path/to/ucfTrainTestlist:
 # a local copy instead of the synthetic set (FORMAT=hmdb51 for HMDB-51). Reruns redo only what changed.
+# STORES=s3://bucket/prefix: the feature stores on object storage (the AWS_* variables configure it).
 QUICK  ?=
+STORES ?=
 DATA   ?=
 SPLITS ?=
 FORMAT ?= ucf101
 TABLES_OUT ?= $(if $(filter 1,$(QUICK)),results/quick,results)
 reproduce-tables: install
 	$(VC) reproduce-tables --out $(TABLES_OUT) $(if $(filter 1,$(QUICK)),--quick) \
-	  $(if $(DATA),--data $(DATA) --splits $(SPLITS) --format $(FORMAT))
+	  $(if $(DATA),--data $(DATA) --splits $(SPLITS) --format $(FORMAT)) $(if $(STORES),--stores $(STORES))
 
 bench: install
 	$(BIN)/python benchmarks/bench_extract.py

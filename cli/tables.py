@@ -26,6 +26,11 @@ def reproduce_tables_cmd(
     executor: str | None = typer.Option(
         None, help="inprocess (default: one process, torch imported once) or subprocess (one per step)."
     ),
+    stores: str | None = typer.Option(
+        None,
+        help="Where the feature stores go: a folder, or a URL prefix on object storage such as "
+        "s3://bucket/tables (the AWS_* variables or --storage-option configure it) [WORK/stores].",
+    ),
     readme: Path | None = typer.Option(
         None,
         help="A README whose orderings table (between <!-- orderings:begin/end --> markers) is replaced.",
@@ -45,4 +50,5 @@ def reproduce_tables_cmd(
         executor=executor,
         app=app,
         readme=readme,
+        stores=stores,
     )

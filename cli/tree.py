@@ -64,6 +64,13 @@ def _root(
         help="KEY=VALUE for stores on object storage (obstore's config keys, e.g. endpoint=http://host:9000, "
         "region=eu-west-1); repeatable; added to VCACHE_STORAGE_OPTIONS. The AWS_* variables work too.",
     ),
+    cache_dir: str | None = typer.Option(
+        None,
+        "--cache-dir",
+        help="Folder for verified local copies of stores on object storage that stage 2 reads (probes, "
+        "train-aggregator), reused while a store is unchanged [default: VCACHE_CACHE_DIR, else none: read "
+        "the bucket each time].",
+    ),
 ) -> None:
     bad = [o for o in storage_option if "=" not in o or "," in o]
     if bad:
@@ -72,6 +79,8 @@ def _root(
     if storage_option:
         have = os.environ.get("VCACHE_STORAGE_OPTIONS", "")
         os.environ["VCACHE_STORAGE_OPTIONS"] = ",".join(filter(None, [have, *storage_option]))
+    if cache_dir:
+        os.environ["VCACHE_CACHE_DIR"] = cache_dir
     if ctx.invoked_subcommand:
         _refuse_torchrun(ctx.invoked_subcommand)
 

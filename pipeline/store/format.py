@@ -391,7 +391,7 @@ def open_store(path: str | Path | Remote, mode: str = "r") -> FeatureStore:
     else:
         where = str(p)
     try:
-        group = zarr.open_group(where, mode=mode)
+        group = zarr.open_group(where, mode=mode, zarr_format=3)  # vcache stores are Zarr v3: no v2 probes
     except Exception as e:  # zarr raises several types for malformed metadata
         raise StoreError(f"{p}: cannot open as a Zarr group: {e}") from e
     if "schema_version" not in group.attrs:

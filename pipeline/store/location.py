@@ -130,6 +130,10 @@ class Remote:
             out.extend(m["path"] for m in batch if m["path"].startswith(prefix))
         return sorted(out)
 
+    def list_meta(self) -> list[dict]:
+        """Every object of the store with its metadata (path, size, e_tag, last_modified)."""
+        return [dict(m) for batch in self._ob.list(self.obj) for m in batch]
+
     def delete_all(self, prefix: str = "") -> int:
         keys = self.list(prefix)
         for i in range(0, len(keys), 1000):

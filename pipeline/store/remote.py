@@ -37,6 +37,7 @@ LOCK_DIR = ".vcache-locks"
 CREATED = ".vcache-created"
 OTHER_HOST_DEAD_S = 3600.0  # a creation marker from another host this old is a dead creation
 MUTEX_STALE_S = 30.0
+TAKEOVER_STALE_S = 30.0  # a takeover key from another host this old: its taker died mid-takeover
 
 
 def _me() -> dict:
@@ -54,18 +55,41 @@ def _load(loc: Remote, key: str) -> dict | None:
         return {}
 
 
-def _take_over(loc: Remote, key: str) -> bool:
-    """Remove the dead object at `key` if this process wins its takeover (one winner per object version)."""
+def _tag(head: dict) -> str:
+    return str(head.get("e_tag") or head.get("last_modified")).strip('"')
+
+
+def _taker_dead(rec: dict) -> bool:
+    """Whether the process that wrote a takeover key died before finishing its takeover (a takeover takes
+    a few requests: one older than TAKEOVER_STALE_S from another host is dead too)."""
+    if rec.get("host") == socket.gethostname():
+        return not _pid_alive(int(rec.get("pid", -1)))
+    return time.time() - float(rec.get("time", 0)) > TAKEOVER_STALE_S
+
+
+def _take_over(loc: Remote, key: str, depth: int = 0) -> bool:
+    """Remove the dead object at `key` if this process wins its takeover (one winner per object version).
+
+    A taker killed between winning ``KEY.takeover-<ETag>`` and removing the object would leave that version
+    unremovable forever; so a takeover key whose writer is dead is itself taken over (one level deeper, the
+    same way), and the race for it run again."""
     head = loc.head(key)
     if head is None:
         return True  # gone already: try to create it again
-    tag = str(head.get("e_tag") or head.get("last_modified")).strip('"')
+    tag = _tag(head)
+    right = f"{key}.takeover-{tag}"
     try:
-        loc.put_if_absent(f"{key}.takeover-{tag}", json.dumps(_me()).encode())
+        loc.put_if_absent(right, json.dumps(_me()).encode())
     except AlreadyExists:
-        return False
+        rec = _load(loc, right)
+        if depth >= 3 or rec is None or not _taker_dead(rec) or not _take_over(loc, right, depth + 1):
+            return False
+        try:  # the dead taker's key is gone: race for the right again
+            loc.put_if_absent(right, json.dumps(_me()).encode())
+        except AlreadyExists:
+            return False
     again = loc.head(key)  # still the version we judged dead (not one created after its removal)?
-    if again is not None and str(again.get("e_tag") or again.get("last_modified")).strip('"') == tag:
+    if again is not None and _tag(again) == tag:
         loc.delete(key)
     return True
 
@@ -93,8 +117,7 @@ def create_remote(
             dead = (same and not _pid_alive(int(rec.get("pid", -1)))) or (
                 not same and time.time() - float(rec.get("time", 0)) > OTHER_HOST_DEAD_S
             )
-            if dead and not published(loc):
-                _take_over(loc, CREATED)
+            if dead and not published(loc) and _take_over(loc, CREATED):
                 continue
             if time.monotonic() > deadline:
                 raise TimeoutError(f"{loc}: still being created by {rec} after {wait_s:g} s") from None
@@ -151,8 +174,8 @@ class RemoteLock:
             except AlreadyExists:
                 rec = _load(self.loc, mutex) or {}
                 dead = rec.get("host") == socket.gethostname() and not _pid_alive(int(rec.get("pid", -1)))
-                if dead or time.time() - float(rec.get("time", 0)) > MUTEX_STALE_S:
-                    _take_over(self.loc, mutex)
+                stale = dead or time.time() - float(rec.get("time", 0)) > MUTEX_STALE_S
+                if stale and _take_over(self.loc, mutex):
                     continue
                 if time.monotonic() > deadline:
                     raise StoreLocked(f"{self.loc}/{mutex} held for over {wait_s:g} s") from None

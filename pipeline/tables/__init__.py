@@ -27,6 +27,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from vcache.store.location import is_remote
 from vcache.tables.budgets import ABLATION_COLUMN, COLUMNS, FULL, QUICK, AggCfg, Budget, Column
 from vcache.tables.markdown import HONESTY, ROW_NAMES, Check, fmt, render, stat
 from vcache.tables.papers import (
@@ -87,6 +88,7 @@ def reproduce(
     echo: Callable[[str], None] = print,
     app: Callable[..., Any] | None = None,
     readme: Path | str | None = None,
+    stores: str | Path | None = None,
 ) -> Path:
     """Build the plan, run what changed, write OUT/tables.md and the figures. Returns the markdown path.
 
@@ -95,6 +97,8 @@ def reproduce(
     app: the `vcache` typer app that in-process steps run (`vcache.cli.app.app`).
     readme: a README whose orderings table (between ORDERINGS_BEGIN and ORDERINGS_END) is replaced by
     this run's (OUT/orderings.md).
+    stores: where the feature stores go: a folder, or a URL prefix such as ``s3://bucket/tables``
+    (object storage, see docs/store.md) [WORK/stores].
     """
     b = QUICK if quick else FULL
     out = Path(out)
@@ -107,7 +111,9 @@ def reproduce(
     executor = executor or "inprocess"
     set_threads(b.threads)
     t0 = time.perf_counter()
-    bl, layout = build(b, work, src)
+    if stores is not None and not is_remote(stores):
+        stores = Path(stores)
+    bl, layout = build(b, work, src, stores)
     marks = run_plan(bl.plan, work, executor, echo, app)
     src_note = (
         f"synthetic `{b.task}` task, {b.train} train / {b.test} test videos of {b.frames} frames at {b.size}²"

@@ -30,6 +30,7 @@ from vcache.tables.papers import (
     PAPER_T11_BATCHES,
 )
 from vcache.tables.plan import PROBES_MAIN
+from vcache.tables.runner import output_exists
 
 # Our cells: top-1 % over the seeds' probe result JSONs.
 
@@ -215,7 +216,7 @@ def _t1(runs: dict[str, tuple[str, int, int | str]], marks: dict[str, dict]) -> 
         name, steps, per_step = runs[key]
         m = marks.get(name) or {}
         if isinstance(per_step, str):
-            per_step = summary(per_step)["done"] if Path(per_step).exists() else 0
+            per_step = summary(per_step)["done"] if output_exists(per_step) else 0
         samples = steps * per_step
         if "seconds" not in m or "peak_rss_mb" not in m or not samples:
             rows.append([label, "not run", "not run", "not run"])

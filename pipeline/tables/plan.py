@@ -42,8 +42,9 @@ AGG_HEADS = ["--target-head", "3x512", "--pred-head", "2x512"]
 class Builder:
     """Adds the steps of each table to a Plan and remembers where each result JSON will be."""
 
-    def __init__(self, b: Budget, work: Path, src: Source | None) -> None:
+    def __init__(self, b: Budget, work: Path, src: Source | None, stores: str | Path | None = None) -> None:
         self.b, self.work, self.plan = b, work, Plan()
+        self.stores = stores if stores is not None else work / "stores"  # a folder, or a URL prefix
         if src is None:
             data = work / "data"
             self.plan.add(
@@ -103,7 +104,7 @@ class Builder:
             self.ckpts[col.key].append(ckpt)
         return name, ckpt
 
-    def _extract_argv(self, col: Column, subset: str, out: Path) -> list[str]:
+    def _extract_argv(self, col: Column, subset: str, out: Path | str) -> list[str]:
         """The head of every `vcache extract` step: data, subset, backbone, output store."""
         return [
             "extract",
@@ -116,10 +117,10 @@ class Builder:
             str(out),
         ]
 
-    def store(self, col: Column, kind: str, pseed: int = 0) -> tuple[str, Path]:
+    def store(self, col: Column, kind: str, pseed: int = 0) -> tuple[str, Path | str]:
         """kind: train16 (train mode, SCALE's cache), train_eval or test_eval (eval layout)."""
         dep, ckpt = self.pretrain(col, pseed)
-        out = self.work / "stores" / f"{col.key}_p{pseed}" / f"{kind}.zarr"
+        out = at(self.stores, f"{col.key}_p{pseed}", f"{kind}.zarr")
         subset = "test" if kind == "test_eval" else "train"
         argv = self._extract_argv(col, subset, out)
         if ckpt is not None:
@@ -223,7 +224,7 @@ class Builder:
         kinds = {"pairs": ("train", pairs), "train_maps": ("train", eval_mode)}
         kinds["test_maps"] = ("test", eval_mode)
         for kind, (subset, mode) in kinds.items():
-            out = self.work / "stores" / col.key / f"{kind}.zarr"
+            out = at(self.stores, col.key, f"{kind}.zarr")
             argv = self._extract_argv(col, subset, out)
             argv += [*mode, *clip, "--workers", "0", "-q"]
             stores[kind] = (
@@ -242,7 +243,7 @@ class Builder:
                 dep = self.plan.add(Step(f"stica/{tag}", argv, [head], [stores["pairs"][0]]))
                 emb = {}
                 for kind in ("train_maps", "test_maps"):
-                    out = self.work / "stica" / f"{tag}_{kind}.zarr"
+                    out = at(self.stores, "stica", f"{tag}_{kind}.zarr")
                     argv = ["stica-embed", str(head), str(stores[kind][1]), "--out", str(out), "--overwrite"]
                     emb[kind] = (
                         self.plan.add(Step(f"stica/{tag}_{kind}", argv, [out], [dep, stores[kind][0]])),
@@ -299,9 +300,19 @@ class Builder:
         return {"scale": (scale, n, str(store)), "e2e": (e2e, n, self.b.pre_batch)}
 
 
-def build(b: Budget, work: Path, src: Source | None = None) -> tuple[Builder, dict[str, Any]]:
-    """The whole plan; returns the builder and a layout saying which result folder fills which cell."""
-    bl = Builder(b, work, src)
+def at(base: str | Path, *parts: str) -> Path | str:
+    """`base / parts` for a folder, `base/parts` for a URL prefix (pathlib would fold its `//`)."""
+    if isinstance(base, Path):
+        return base.joinpath(*parts)
+    return "/".join([str(base).rstrip("/"), *parts])
+
+
+def build(
+    b: Budget, work: Path, src: Source | None = None, stores: str | Path | None = None
+) -> tuple[Builder, dict[str, Any]]:
+    """The whole plan; returns the builder and a layout saying which result folder fills which cell.
+    `stores`: where the feature stores go, a folder or a URL prefix (``s3://bucket/tables``) [WORK/stores]."""
+    bl = Builder(b, work, src, stores)
     layout: dict[str, Any] = {"main": {}, "t8": {}, "t9": {}, "t10": {}, "t11": {}, "cvrl": {}, "svt": {}}
     seeds, runs = b.seeds, bl.runs()
     knn_runs = [(p, seeds[0]) for p in b.pretrain_seeds]  # k-NN has no randomness: one run per weights

@@ -22,6 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from vcache.store.location import Remote, location
+
 
 @dataclass
 class Step:
@@ -29,7 +31,7 @@ class Step:
 
     name: str
     argv: list[str]
-    outputs: list[Path]
+    outputs: list[Path | str]  # files, folders, or store URLs
     deps: list[str] = field(default_factory=list)
     measure: bool = False  # always a subprocess; wall time and peak RSS recorded (Table 1)
 
@@ -94,6 +96,22 @@ def _run_subprocess(argv: list[str], log: Path) -> tuple[int, dict[str, float]]:
     return rc, got
 
 
+def output_exists(p: Path | str) -> bool:
+    """A local output exists; a store URL exists once its root `zarr.json` does."""
+    loc = location(p)
+    return loc.exists() if isinstance(loc, Path) else loc.exists("zarr.json")
+
+
+def remove_output(p: Path | str) -> None:
+    loc = location(p)
+    if isinstance(loc, Remote):
+        loc.delete_all()
+    elif loc.is_dir():
+        shutil.rmtree(loc, ignore_errors=True)
+    else:
+        loc.unlink(missing_ok=True)
+
+
 def run_plan(
     plan: Plan,
     work: Path,
@@ -120,11 +138,11 @@ def run_plan(
         mark = marks / f"{step.name.replace('/', '__')}.json"
         if mark.exists():
             old = json.loads(mark.read_text())
-            if old.get("key") == key and all(p.exists() for p in step.outputs):
+            if old.get("key") == key and all(map(output_exists, step.outputs)):
                 done[step.name] = old
                 continue
         for p in step.outputs:  # a changed step starts from nothing (resumable commands would mix runs)
-            shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+            remove_output(p)
         echo(f"[{i}/{len(plan.steps)}] vcache {' '.join(step.argv)}")
         t0 = time.perf_counter()
         measured: dict[str, float] = {}

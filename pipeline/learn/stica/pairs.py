@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from vcache.store import DONE, FeatureStore, StoreError, open_store
+from vcache.store.cache import stage2_source
 
 
 class PairMaps:
@@ -22,7 +23,7 @@ class PairMaps:
 
     def __init__(self, path: str | Path, memory_bytes: float = 4e9):
         self.path = Path(path)
-        self.store: FeatureStore = open_store(path)
+        self.store: FeatureStore = open_store(stage2_source(path))  # a local copy with --cache-dir
         attrs = self.store.attrs
         if not self.store.has_maps:
             raise StoreError(f"{path}: no feature maps; extract with --feature-maps (and --mode pairs)")
