@@ -16,7 +16,9 @@ def reproduce_tables_cmd(
     work: Path | None = typer.Option(
         None, help="Folder for data, checkpoints, stores, probe results [OUT/work]."
     ),
-    quick: bool = typer.Option(False, help="The tiny QUICK budget (within 3 minutes on 2 quiet cores; what the test runs) [off]."),
+    quick: bool = typer.Option(
+        False, help="The tiny QUICK budget (within 3 minutes on 2 quiet cores; what the test runs) [off]."
+    ),
     data: Path | None = typer.Option(
         None, help="A local UCF-101 / HMDB-51 video folder instead of `vcache synth`."
     ),

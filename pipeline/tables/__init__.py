@@ -122,7 +122,8 @@ def reproduce(
     spent = sum(m["seconds"] for m in marks.values())
     prof = profile(marks)
     (out / "profile.json").write_text(json.dumps(prof, indent=1))
-    echo("step time by kind: " + ", ".join(f"{k} {v['wall_s']:.0f} s ({v['cpu_s']:.0f} s CPU)" for k, v in prof.items()))
+    kinds = (f"{k} {v['wall_s']:.0f} s ({v['cpu_s']:.0f} s CPU)" for k, v in prof.items())
+    echo("step time by kind: " + ", ".join(kinds))
     echo(
         f"wrote {path} ({len(marks)} steps, {spent:.0f} s of step time in all, "
         f"{time.perf_counter() - t0:.0f} s this run)"
