@@ -18,6 +18,8 @@ def test_default_plan_has_controls_seeds_and_the_shape_task(tmp_path: Path) -> N
     bn = steps["pretrain/r3d_cvrl_bn_p2"].argv
     assert bn[bn.index("--lr") + 1] == "0" and bn[bn.index("--seed") + 1] == "2"
     cvrl = steps["pretrain/r3d_cvrl_p2"].argv
+    # the budget measured to leave chance: colour-jitter strength in the command line (the cache key)
+    assert cvrl[cvrl.index("--jitter-strength") + 1] == "0.5" and cvrl[cvrl.index("--batch-size") + 1] == "16"
     assert bn == [a.replace("r3d_cvrl_p2", "r3d_cvrl_bn_p2") for a in cvrl] + ["--lr", "0"]  # same run
     # random init: the pretraining seed is the init seed
     rnd = steps["extract/r3d_random_p1/test_eval"].argv

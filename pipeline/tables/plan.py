@@ -91,7 +91,7 @@ class Builder:
         argv += ["--preset", "cpu", "--backbone", col.backbone, "--steps", str(steps), "--seed", str(pseed)]
         argv += ["--batch-size", str(self.b.pre_batch), "--workers", "0", "--overwrite", "-q"]
         if col.method == "cvrl":
-            argv += self._size_args()
+            argv += self._size_args() + ["--jitter-strength", f"{self.b.cvrl_jitter_strength:g}"]
         else:
             argv += ["--momentum-teacher", f"{svt_momentum(steps):g}"]
             if self.b.input_size:
