@@ -46,7 +46,7 @@ class Budget:
     pretrain_seeds: tuple[int, ...] = (0,)
     colours: str = "fixed"  # `vcache synth --colours`: pool = shape tells the class (docs/synth.md)
     threads: int = 2  # torch intra-op threads of every step, fixed and recorded (float rounding moves cells)
-    # CVRL's colour-jitter strength, passed explicitly so that the step's cache key carries it (docs/pretrain.md)
+    # CVRL's colour-jitter strength, in the command line so that the step's cache key carries it
     cvrl_jitter_strength: float = 0.5
 
 
