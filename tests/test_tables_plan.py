@@ -40,3 +40,13 @@ def test_svt_momentum_rule() -> None:
     assert svt_momentum(6) == 0.9 and svt_momentum(100) == 0.9
     assert abs(svt_momentum(1000) - 0.99) < 1e-12 and svt_momentum(10**6) == 0.996
     assert QUICK.pretrain_seeds == (0,) and FULL.threads == 2
+
+
+def test_quick_shares_the_fixed_lr_run_with_the_main_cell(tmp_path: Path) -> None:
+    """Without the lr / wd grid the ablations' default-config SCALE_ft run is the main one (one step); with
+    the grid (default budget) it is a separate run at the fixed values."""
+    _, quick = build(QUICK, tmp_path)
+    assert quick["t8"]["SET + MCM"] == quick["main"][("r3d_cvrl", "scale_ft")]
+    _, full = build(FULL, tmp_path)
+    assert set(full["t8"]["SET + MCM"]).isdisjoint(full["main"][("r3d_cvrl", "scale_ft")])
+    assert all(p.name.endswith("_fixed") for p in full["t8"]["SET + MCM"])
