@@ -117,6 +117,9 @@ def cvrl_cmd(
     ),
     flip: bool = typer.Option(True, "--flip/--no-flip", help="Horizontal flip, p 0.5."),
     jitter: bool = typer.Option(True, "--jitter/--no-jitter", help="Colour jitter, p 0.8."),
+    jitter_strength: float | None = typer.Option(
+        None, help="Colour-jitter strength (SimCLR's s: 0.8s, 0.8s, 0.8s, 0.2s) [cpu 0.5, paper 1.0]."
+    ),
     gray: bool = typer.Option(True, "--gray/--no-gray", help="Greyscale, p 0.2."),
     blur: bool = typer.Option(True, "--blur/--no-blur", help="Gaussian blur."),
     per_frame_aug: bool = typer.Option(
@@ -139,6 +142,8 @@ def cvrl_cmd(
 
     if interval_dist is not None and interval_dist not in INTERVAL_DISTS:
         raise typer.BadParameter(f"--interval-dist {interval_dist!r}: choose {', '.join(INTERVAL_DISTS)}")
+    if jitter_strength is not None and not 0 <= jitter_strength <= 2:
+        raise typer.BadParameter(f"--jitter-strength {jitter_strength}: must be in [0, 2]")
     overrides = dict(
         backbone=backbone,
         clip_frames=clip_frames,
@@ -152,6 +157,7 @@ def cvrl_cmd(
         temperature=temperature,
         interval_dist=interval_dist,
         aug=cvrl_settings(crop, flip, jitter, gray, blur),
+        jitter_strength=jitter_strength,
         per_frame_aug=per_frame_aug,
         workers=workers,
         timeout_s=timeout,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import typer
@@ -15,7 +16,9 @@ def reproduce_tables_cmd(
     work: Path | None = typer.Option(
         None, help="Folder for data, checkpoints, stores, probe results [OUT/work]."
     ),
-    quick: bool = typer.Option(False, help="The tiny QUICK budget (about 2 minutes; what the test runs)."),
+    quick: bool = typer.Option(
+        False, help="The tiny QUICK budget (within 3 minutes on 2 quiet cores; what the test runs) [off]."
+    ),
     data: Path | None = typer.Option(
         None, help="A local UCF-101 / HMDB-51 video folder instead of `vcache synth`."
     ),
@@ -38,6 +41,10 @@ def reproduce_tables_cmd(
 ) -> None:
     """Run synth -> pretrain -> extract -> train-aggregator -> probe through the CLI, cached, and write
     the papers' tables beside ours. A rerun redoes only the steps whose command line or inputs changed."""
+    # Idle OpenMP threads sleep instead of spinning (set before torch loads libgomp; subprocess steps
+    # inherit it; a value already in the environment wins). On the shared 2-core machine (load 15) spinning
+    # threads burnt 4x the CPU of a pretraining step and 27x the wall time of a matmul loop (docs/tables.md).
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     from vcache.tables import reproduce
 
     reproduce(

@@ -18,7 +18,7 @@ from vcache.cli.app import app
 from vcache.models import build_backbone, load_checkpoint
 from vcache.models.vit import VideoViT, interpolate_pos_embed
 from vcache.pretrain.augment import apply_aug, cvrl_settings, draw_aug
-from vcache.pretrain.cvrl import CVRLConfig, clip_starts, sample_interval, train_cvrl
+from vcache.pretrain.cvrl import PRESETS, CVRLConfig, clip_starts, sample_interval, train_cvrl
 from vcache.pretrain.cvrl import make_plan as cvrl_plan
 from vcache.pretrain.data import GlobalBatchSampler, list_videos
 from vcache.pretrain.loop import state_path, student_path
@@ -262,6 +262,24 @@ def test_per_frame_aug_draws_one_augmentation_per_frame() -> None:
                 assert len(v.params) == 8 and len({tuple(p.box.tolist()) for p in v.params}) == 8
             else:
                 assert len(v.params) == 1
+
+
+def test_jitter_strength_scales_the_colour_distortion() -> None:
+    """`jitter_strength` s gives SimCLR's (0.8s, 0.8s, 0.8s, 0.2s): every drawn factor lies within
+    those bounds, and s = 1 (the official code's) reaches beyond the s = 0.5 bounds (the cpu preset's)."""
+    assert PRESETS["cpu"]["jitter_strength"] == 0.5 and CVRLConfig().jitter_strength == 1.0
+    reach = {}
+    for s in (0.5, 1.0):
+        plan = cvrl_plan(_tiny_cvrl(jitter_strength=s), 8, 2, 32)
+        rng, worst = np.random.default_rng(0), {"brightness": 0.0, "hue": 0.0}
+        for _ in range(200):
+            for v in plan(rng, 40, 48, 64):
+                for name, f in v.params[0].jitter or []:
+                    if name in worst:
+                        worst[name] = max(worst[name], abs(f - (name == "brightness")))
+        assert worst["brightness"] <= 0.8 * s and worst["hue"] <= 0.2 * s, (s, worst)
+        reach[s] = worst
+    assert reach[1.0]["brightness"] > 0.4 and reach[1.0]["hue"] > 0.1
 
 
 def test_cli_pretrain_cvrl_passes_its_switches(tiny_dataset: Path, tmp_path: Path) -> None:

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from vcache.cli.app import app
-from vcache.tables import Plan, Step, run_plan
+from vcache.tables import Plan, Step, profile, run_plan
 
 NUMBER = re.compile(r"^-?\d+(\.\d+)?( ± \d+(\.\d+)?)?$")
 
@@ -105,8 +105,13 @@ def test_changed_step_reruns_it_and_what_depends_on_it(tmp_path: Path) -> None:
         return p
 
     said: list[str] = []
-    run_plan(plan(0, 0), tmp_path / "work", echo=said.append, app=app)
+    marks = run_plan(plan(0, 0), tmp_path / "work", echo=said.append, app=app)
     assert said[-1].startswith("3 of 3 steps run")
+    # each step records its CPU seconds beside its wall time; the profile sums them per kind of step
+    assert all(0 < m["cpu_s"] and 0 < m["wall_s"] for m in marks.values()), marks
+    prof = profile({"synth/a": marks["a"], "synth/b": marks["b"], "other": marks["c"]})
+    assert prof["synth"]["steps"] == 2 and prof["other"]["steps"] == 1
+    assert prof["synth"]["cpu_s"] == pytest.approx(marks["a"]["cpu_s"] + marks["b"]["cpu_s"])
     run_plan(plan(0, 0), tmp_path / "work", echo=said.append, app=app)
     assert said[-1].startswith("0 of 3 steps run")
     said.clear()

@@ -18,6 +18,8 @@ def test_default_plan_has_controls_seeds_and_the_shape_task(tmp_path: Path) -> N
     bn = steps["pretrain/r3d_cvrl_bn_p2"].argv
     assert bn[bn.index("--lr") + 1] == "0" and bn[bn.index("--seed") + 1] == "2"
     cvrl = steps["pretrain/r3d_cvrl_p2"].argv
+    # the budget measured to leave chance: colour-jitter strength in the command line (the cache key)
+    assert cvrl[cvrl.index("--jitter-strength") + 1] == "0.5" and cvrl[cvrl.index("--batch-size") + 1] == "16"
     assert bn == [a.replace("r3d_cvrl_p2", "r3d_cvrl_bn_p2") for a in cvrl] + ["--lr", "0"]  # same run
     # random init: the pretraining seed is the init seed
     rnd = steps["extract/r3d_random_p1/test_eval"].argv
@@ -38,3 +40,13 @@ def test_svt_momentum_rule() -> None:
     assert svt_momentum(6) == 0.9 and svt_momentum(100) == 0.9
     assert abs(svt_momentum(1000) - 0.99) < 1e-12 and svt_momentum(10**6) == 0.996
     assert QUICK.pretrain_seeds == (0,) and FULL.threads == 2
+
+
+def test_quick_shares_the_fixed_lr_run_with_the_main_cell(tmp_path: Path) -> None:
+    """Without the lr / wd grid the ablations' default-config SCALE_ft run is the main one (one step); with
+    the grid (default budget) it is a separate run at the fixed values."""
+    _, quick = build(QUICK, tmp_path)
+    assert quick["t8"]["SET + MCM"] == quick["main"][("r3d_cvrl", "scale_ft")]
+    _, full = build(FULL, tmp_path)
+    assert set(full["t8"]["SET + MCM"]).isdisjoint(full["main"][("r3d_cvrl", "scale_ft")])
+    assert all(p.name.endswith("_fixed") for p in full["t8"]["SET + MCM"])

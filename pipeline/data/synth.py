@@ -68,10 +68,19 @@ TASKS: dict[str, tuple[str, ...]] = {
 # tells the class and colour jitter (CVRL, SVT) cannot erase the class cue (chosen here, issue 14).
 COLOUR_MODES: tuple[str, ...] = ("fixed", "pool")
 COLOUR_POOL: tuple[tuple[float, float, float], ...] = (
-    *COLOURS.values(),
-    (0.10, 0.85, 0.85),  # cyan
-    (0.98, 0.55, 0.10),  # orange
-    (0.55, 0.20, 0.95),  # violet
+    # Chosen here (issue 14): saturated colours whose luma (ITU-R 601) is at least 0.17 away from the
+    # mid-grey background, four dark and four light, so that the digit's shape survives the greyscale
+    # (p 0.2) and desaturation of CVRL's and SVT's colour jitter. The first pool (the five fixed colours
+    # plus cyan, orange, violet) had green, magenta and violet within 0.11 of the background's luma: their
+    # digits vanished from greyscaled or desaturated views, and CVRL's loss barely left chance.
+    (0.80, 0.05, 0.05),  # dark red, luma 0.27
+    (0.10, 0.10, 0.95),  # blue, 0.20
+    (0.55, 0.00, 0.85),  # violet, 0.26
+    (0.00, 0.55, 0.00),  # dark green, 0.32
+    (1.00, 0.95, 0.15),  # yellow, 0.87
+    (0.25, 1.00, 1.00),  # cyan, 0.78
+    (0.60, 1.00, 0.30),  # light green, 0.80
+    (1.00, 0.45, 0.95),  # pink, 0.67
 )
 # Speed family (chosen here): px per frame as fractions of the frame side, 3x apart so that a crop's
 # rescaling (CVRL area 0.3-1: at most 1.8x) cannot turn one speed into the other.

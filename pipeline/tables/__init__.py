@@ -21,6 +21,7 @@ One module per concept; data flows down this list (each imports only modules abo
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from collections.abc import Callable
@@ -40,7 +41,7 @@ from vcache.tables.papers import (
     PAPER_T11,
 )
 from vcache.tables.plan import PROBE_CMD, PROBES_MAIN, Builder, Source, build
-from vcache.tables.runner import Plan, Step, run_plan
+from vcache.tables.runner import Plan, Step, profile, run_plan
 
 __all__ = [
     "ABLATION_COLUMN",
@@ -70,6 +71,7 @@ __all__ = [
     "fmt",
     "render",
     "reproduce",
+    "profile",
     "run_plan",
     "set_threads",
     "stat",
@@ -124,6 +126,10 @@ def reproduce(
     if readme:
         update_readme(Path(readme), (out / "orderings.md").read_text())
     spent = sum(m["seconds"] for m in marks.values())
+    prof = profile(marks)
+    (out / "profile.json").write_text(json.dumps(prof, indent=1))
+    kinds = (f"{k} {v['wall_s']:.0f} s ({v['cpu_s']:.0f} s CPU)" for k, v in prof.items())
+    echo("step time by kind: " + ", ".join(kinds))
     echo(
         f"wrote {path} ({len(marks)} steps, {spent:.0f} s of step time in all, "
         f"{time.perf_counter() - t0:.0f} s this run)"

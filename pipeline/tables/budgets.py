@@ -46,6 +46,8 @@ class Budget:
     pretrain_seeds: tuple[int, ...] = (0,)
     colours: str = "fixed"  # `vcache synth --colours`: pool = shape tells the class (docs/synth.md)
     threads: int = 2  # torch intra-op threads of every step, fixed and recorded (float rounding moves cells)
+    # CVRL's colour-jitter strength, in the command line so that the step's cache key carries it
+    cvrl_jitter_strength: float = 0.5
 
 
 QUICK = Budget(
@@ -58,7 +60,7 @@ QUICK = Budget(
     clip_frames=8,
     input_size=32,
     crops=8,
-    layout="2x3",
+    layout="2x1",  # the default's 5x1 shape; 2x3 tripled QUICK's eval extraction (issue 14: QUICK <= 3 min)
     cvrl_steps=1,
     svt_steps=1,
     pre_batch=4,
@@ -90,13 +92,15 @@ FULL = Budget(
     task="order",  # the task where order-aware aggregation (SCALE) can beat per-clip probes
     frames=64,
     size=64,
-    clip_frames=None,
-    input_size=None,
+    # Issue 14: 8 x 32^2 clips for every column (the size CVRL's budget was measured at, docs/tables.md);
+    # the backbones' own 16 x 64^2 made CVRL 8x dearer a clip and extraction alone overran 2 hours.
+    clip_frames=8,
+    input_size=32,
     crops=16,
     layout="5x1",  # SCALE: 5x3; the 3 spatial crops of a 64-px frame add little and cost 3x the extraction
-    cvrl_steps=16,
+    cvrl_steps=160,  # issue 14: measured loss curves, docs/tables.md
     svt_steps=6,
-    pre_batch=8,
+    pre_batch=16,  # CVRL: 31 negatives a clip (chance ln 31); SVT: the cpu preset's 8 was not measured
     agg_epochs=20,
     probe_epochs=30,
     probe_grid=True,

@@ -92,7 +92,7 @@ class Builder:
         argv += ["--preset", "cpu", "--backbone", col.backbone, "--steps", str(steps), "--seed", str(pseed)]
         argv += ["--batch-size", str(self.b.pre_batch), "--workers", "0", "--overwrite", "-q"]
         if col.method == "cvrl":
-            argv += self._size_args()
+            argv += self._size_args() + ["--jitter-strength", f"{self.b.cvrl_jitter_strength:g}"]
         else:
             argv += ["--momentum-teacher", f"{svt_momentum(steps):g}"]
             if self.b.input_size:
@@ -174,8 +174,11 @@ class Builder:
         d1, tr = self.store(col, "train_eval", pseed)
         d2, te = self.store(col, "test_eval", pseed)
         deps = [d1, d2]
-        tag = f"{probe}_s{seed}" + (f"_{cfg.tag}" if cfg and probe.startswith("scale") else "")
-        tag += "_fixed" if fixed and PROBE_CMD[probe] != "knn" else ""
+        named = cfg is not None and cfg != self.default_cfg() and probe.startswith("scale")
+        tag = f"{probe}_s{seed}" + (f"_{cfg.tag}" if named else "")
+        # Without the lr / wd grid every probe already runs at the fixed values: the ablations' fixed run is
+        # then the main one (one step, not two with equal options).
+        tag += "_fixed" if fixed and self.b.probe_grid and PROBE_CMD[probe] != "knn" else ""
         out = self.work / "probes" / f"{col.key}_p{pseed}" / tag
         argv = ["probe", PROBE_CMD[probe], str(tr), str(te), "--out", str(out), "--seed", str(seed)]
         if probe.startswith("scale"):

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import resource
 import shutil
 import subprocess
 import sys
@@ -112,6 +113,24 @@ def remove_output(p: Path | str) -> None:
         loc.unlink(missing_ok=True)
 
 
+def _cpu_seconds() -> float:
+    """User + system CPU seconds of this process and of its waited-for children: unlike wall time, this
+    hardly moves with the load other jobs put on the machine, so the step profile stays comparable."""
+    me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+def profile(marks: dict[str, dict]) -> dict[str, dict[str, float]]:
+    """Steps, wall seconds and CPU seconds per kind of step (the name's first part: extract, probe, ...)."""
+    out: dict[str, dict[str, float]] = {}
+    for name, m in marks.items():
+        row = out.setdefault(name.split("/")[0], {"steps": 0, "wall_s": 0.0, "cpu_s": 0.0})
+        row["steps"] += 1
+        row["wall_s"] += m.get("wall_s", m.get("seconds", 0.0))
+        row["cpu_s"] += m.get("cpu_s", 0.0)
+    return out
+
+
 def run_plan(
     plan: Plan,
     work: Path,
@@ -144,14 +163,14 @@ def run_plan(
         for p in step.outputs:  # a changed step starts from nothing (resumable commands would mix runs)
             remove_output(p)
         echo(f"[{i}/{len(plan.steps)}] vcache {' '.join(step.argv)}")
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), _cpu_seconds()
         measured: dict[str, float] = {}
         log = logs / f"{step.name.replace('/', '__')}.log"
         if step.measure or executor == "subprocess":
             rc, measured = _run_subprocess(step.argv, log)
         else:
             rc = _run_inprocess(app, step.argv, log)
-        secs = time.perf_counter() - t0
+        secs, cpu = time.perf_counter() - t0, _cpu_seconds() - c0
         if rc != 0:
             tail = (
                 "".join(log.read_text(errors="replace").splitlines(keepends=True)[-15:])
@@ -162,7 +181,8 @@ def run_plan(
                 f"step {step.name} failed (exit {rc}): vcache {' '.join(step.argv)}\n{log}:\n{tail}"
             )
 
-        done[step.name] = {"key": key, "argv": step.argv, "wall_s": secs, "seconds": secs, **measured}
+        done[step.name] = {"key": key, "argv": step.argv, "wall_s": secs, "seconds": secs, "cpu_s": cpu}
+        done[step.name].update(measured)
         mark.write_text(json.dumps(done[step.name], indent=1))
         ran += 1
     echo(f"{ran} of {len(plan.steps)} steps run, {len(plan.steps) - ran} cached")
