@@ -216,3 +216,20 @@ def test_a_slot_waits_for_every_backbone_that_takes_its_video(tiny_dataset, tmp_
     assert [r.processed_now for r in reps] == [6, 1] and reps[0].transport == "shm"
     _assert_same_store(tmp_path / "ref0.zarr", tmp_path / "a.zarr")
     _assert_same_store(tmp_path / "ref1.zarr", tmp_path / "b.zarr")
+
+
+def test_retry_failed_redoes_failed_videos_in_every_store(tiny_dataset, tmp_path):
+    root = tmp_path / "v"
+    shutil.copytree(tiny_dataset / "alpha", root / "alpha")
+    good = (root / "alpha" / "alpha_2.mp4").read_bytes()
+    (root / "alpha" / "alpha_2.mp4").write_bytes(b"not a video")
+    out = tmp_path / "multi"
+    args = [str(root), "-o", str(out), "--backbone", "cvrl_r3d_narrow,vit_video_tiny", "--workers", "0"]
+    args += ["--crops", "2", "--clip-frames", "4", "--max-failed-fraction", "1", "-q"]
+    assert CliRunner().invoke(app, ["extract", *args]).exit_code == 3
+    (root / "alpha" / "alpha_2.mp4").write_bytes(good)
+    assert CliRunner().invoke(app, ["extract", *args]).exit_code == 3  # failures stay failed...
+    r = CliRunner().invoke(app, ["extract", *args, "--retry-failed"])  # ...until asked
+    assert r.exit_code == 0, r.output
+    for name in ("cvrl_r3d_narrow", "vit_video_tiny"):
+        assert (open_store(out / f"{name}.zarr").status() == DONE).all()
