@@ -11,11 +11,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_reliability import VC, _run
+from test_reliability import TORCHRUN, VC, _run
 from test_reliability import _assert_same_store as _same
 from videos import random_video, write_video
 
-from vcache.store import DONE, PENDING, open_store, verify
+from vcache.store import DONE, FAILED, PENDING, open_store, verify
 
 # Loaded into every process of the run (PYTHONPATH): the decoding worker marks the moment video 2 is
 # decoded and slows the later videos, so the test's signal lands while a shard is half done.
@@ -55,12 +55,15 @@ def _args(root: Path, out: Path) -> list[str]:
     ]  # fmt: skip
 
 
-def _stop_midway(root: Path, out: Path, hook_dir: Path, sig: int) -> subprocess.CompletedProcess:
+def _stop_midway(
+    root: Path, out: Path, hook_dir: Path, sig: int, launcher: list[str] = VC
+) -> subprocess.CompletedProcess:
     hook_dir.mkdir()
     (hook_dir / "sitecustomize.py").write_text(_HOOK)
     env = dict(os.environ, VCACHE_STOP_TEST_DIR=str(hook_dir))
     env["PYTHONPATH"] = os.pathsep.join([str(hook_dir), env.get("PYTHONPATH", "")])
-    proc = subprocess.Popen([*VC, *_args(root, out)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    pipe = subprocess.PIPE
+    proc = subprocess.Popen([*launcher, *_args(root, out)], env=env, stdout=pipe, stderr=pipe)
     deadline = time.monotonic() + 120
     while not (hook_dir / "decoded-2").exists():
         assert proc.poll() is None, proc.communicate()[1].decode()[-2000:]
@@ -100,3 +103,41 @@ def test_stop_keeps_finished_videos_and_resume_redoes_only_pending(twelve, tmp_p
     problems, counts = verify(out, require_complete=True)
     assert problems == [] and counts["done"] == 12
     assert str(open_store(out).group["shards/digest"][0]) != ""
+
+
+def test_sigterm_under_torchrun_keeps_each_ranks_finished_videos(twelve, tmp_path):
+    """torchrun forwards SIGTERM to every rank and its decoding processes: each rank writes its finished
+    videos, a decoding process killed with the group leaves its video pending (never failed), and one
+    process resumes the store to an uninterrupted run's."""
+    out = tmp_path / "ddp.zarr"
+    launcher = [TORCHRUN, "--standalone", "--nproc-per-node", "2", "-m", "vcache.cli"]
+    r = _stop_midway(twelve, out, tmp_path / "hook", signal.SIGTERM, launcher)
+    said = " ".join((r.stdout + r.stderr).split())
+    assert said.count("stopped by SIGTERM") == 2, said  # both ranks stopped gracefully
+    status = open_store(out).status()
+    assert (status == DONE).sum() >= 1 and (status == PENDING).sum() >= 1 and (status == FAILED).sum() == 0
+    assert verify(out)[0] == []
+    _run(*_args(twelve, out))
+    ref = tmp_path / "ref.zarr"
+    _run(*_args(twelve, ref))
+    _same(out, ref)
+
+
+def test_retry_failed_redoes_only_the_failed_videos(twelve, tmp_path):
+    """--retry-failed makes a shard's failed videos pending again; the run redoes those, not the shard."""
+    import shutil
+
+    root = tmp_path / "videos"
+    shutil.copytree(twelve, root)
+    broken = root / "alpha" / "alpha_1.mp4"
+    good = broken.read_bytes()
+    broken.write_bytes(b"not a video")
+    out = tmp_path / "st.zarr"
+    r = _run(*_args(root, out), check=False)
+    assert r.returncode == 3 and (open_store(out).status() == FAILED).sum() == 1
+    broken.write_bytes(good)
+    again = _run(*_args(root, out), "--retry-failed")
+    assert "this run 1 videos" in " ".join((again.stdout + again.stderr).split())
+    ref = tmp_path / "ref.zarr"
+    _run(*_args(twelve, ref))
+    _same(out, ref)

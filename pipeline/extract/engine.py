@@ -39,13 +39,7 @@ from vcache.extract.stop import EXIT_CODES, GracefulStop
 from vcache.extract.workers import DecodeResult
 from vcache.models import VideoBackbone
 from vcache.runtime.devices import resolve_device, use_device
-from vcache.store import (
-    DONE,
-    FAILED,
-    PENDING,
-    FeatureStore,
-    Reason,
-)
+from vcache.store import DONE, FAILED, PENDING, FeatureStore, Reason
 from vcache.store.location import Remote, location
 from vcache.store.lock import StoreLocked, claims_for, new_run_id, open_lock
 from vcache.store.verify import damaged_shards, mark_for_repair
@@ -147,8 +141,9 @@ def extract_many(
     def open_all() -> None:
         for _, _, _, args in specs:
             stores.append(open_or_create(*args))
-            locks.append(open_lock(args[0], (rank, world), run_id, stores[-1].n_shards))
-            locks[-1].acquire()
+            lock = open_lock(args[0], (rank, world), run_id, stores[-1].n_shards)
+            lock.acquire()  # refused: not in `locks`, so the finally below never removes the holder's lock
+            locks.append(lock)
 
     try:
         cleaned, repaired = [0] * len(outs), [{} for _ in outs]
@@ -249,6 +244,8 @@ class _Job:
 
     def _take(self, res: DecodeResult) -> None:
         self.timings["worker_decode"] += res.seconds
+        if self.stop.requested and res.meta.reason_code == Reason.WORKER_DIED:
+            return  # killed with the run's own stop: the video stays pending
         if res.meta.status != DONE:
             self._finish(res.index, res)
             return
@@ -363,18 +360,3 @@ class _Job:
             transport=self.transport,
             stopped_by=self.stop.signal_name,
         )
-
-
-def _reset_failed(store: FeatureStore, rank: int, world: int) -> None:
-    """Mark this process's failed videos pending again so their shards are redone (`--retry-failed`)."""
-    status = store.status()
-    for s in range(store.n_shards):
-        if s % world != rank:
-            continue
-        vids = store.shard_videos(s)
-        if (status[vids.start : vids.stop] == FAILED).any():
-            store.group["videos/status"][vids.start : vids.stop] = np.where(
-                status[vids.start : vids.stop] == FAILED, PENDING, status[vids.start : vids.stop]
-            ).astype(np.uint8)
-            if "shards" in store.group:  # rewritten by this run; until then it has no valid digest
-                store.group["shards/digest"][s] = ""

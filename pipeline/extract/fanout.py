@@ -32,6 +32,7 @@ from vcache.extract.workers import (
     split_crops,
 )
 from vcache.store import DONE, PENDING
+from vcache.store.verify import reset_failed
 
 _WAIT = -1  # from the claim generator: no new shard until a claimed one is written
 
@@ -115,6 +116,9 @@ class Fanout:
 
     def _run(self, rank: int, world: int, progress) -> None:
         opts, jobs = self.opts, self.jobs
+        if opts.retry_failed:
+            for j in jobs:
+                reset_failed(j.store, rank, world)
         if progress:
             done = sum(int((j.store.status() != PENDING).sum()) for j in jobs)
             progress("start", {"total": sum(j.store.n_videos for j in jobs), "done": done})

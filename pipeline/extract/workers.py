@@ -187,7 +187,10 @@ def _die_with_parent(parent_pid: int, poll_s: float = 1.0) -> None:
 
 def _worker_main(tasks: Connection, results: Connection, parent_pid: int) -> None:
     _die_with_parent(parent_pid)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group: the parent decides
+    # Ctrl-C and torchrun's / a scheduler's SIGTERM reach the whole group: the parent decides (a graceful
+    # stop); close() ends a worker with SIGKILL, and a dead parent ends it through _die_with_parent
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     attached = Attached()
     results.send(_READY)  # imports done: deadlines start counting only from here

@@ -50,6 +50,21 @@ def mark_for_repair(st: FeatureStore, shards: list[int]) -> None:
             st.group["shards/digest"][s] = ""
 
 
+def reset_failed(store: FeatureStore, rank: int, world: int) -> None:
+    """Mark this process's failed videos pending again so a run redoes them (`--retry-failed`)."""
+    status = store.status()
+    for s in range(store.n_shards):
+        if s % world != rank:
+            continue
+        vids = store.shard_videos(s)
+        if (status[vids.start : vids.stop] == FAILED).any():
+            store.group["videos/status"][vids.start : vids.stop] = np.where(
+                status[vids.start : vids.stop] == FAILED, PENDING, status[vids.start : vids.stop]
+            ).astype(np.uint8)
+            if "shards" in store.group:  # rewritten by this run; until then it has no valid digest
+                store.group["shards/digest"][s] = ""
+
+
 def _span(st: FeatureStore, s: int, paths: list[str]) -> str:
     v = st.shard_videos(s)
     return paths[v.start] if len(v) == 1 else f"{paths[v.start]} .. {paths[v.stop - 1]}"
