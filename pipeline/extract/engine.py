@@ -160,9 +160,6 @@ def extract_many(
             open_all()
         if len({st.n_shards for st in stores}) > 1:
             raise ValueError("every store of one run must have the same shards (same --videos-per-shard)")
-        if opts.retry_failed:
-            for st in stores:
-                _reset_failed(st, rank, world)
         stop = GracefulStop(announce=first)
         jobs = []
         for i, (backbone, settings, map_shape, _) in enumerate(specs):
