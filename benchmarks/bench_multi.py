@@ -207,15 +207,15 @@ def markdown(res: dict) -> str:
         f"# Several backbones in one decode pass ({res['videos']} videos, K = 16, {res['workers']} decoding "
         f"process, {res['torch_threads']} torch thread, {res['machine']['cpus']} cores)",
         "",
-        "| pair | decode share | two separate runs | one shared run | shared / separate |",
-        "|---|---|---|---|---|",
+        "| pair | decode share | two separate runs | one shared run | shared / separate | load (1 min) |",
+        "|---|---|---|---|---|---|",
     ]
     for name, p in res["pairs"].items():
         lines.append(
             f"| {name}: {' + '.join(p['backbones'])} | {p['decode_share']['median']:.2f} | "
             f"{p['separate_total_s']['median']:.1f} s | {p['shared_total_s']['median']:.1f} s | "
             f"**{p['shared_over_separate']['median']:.2f}x** ({p['shared_over_separate']['min']:.2f}-"
-            f"{p['shared_over_separate']['max']:.2f}) |"
+            f"{p['shared_over_separate']['max']:.2f}) | {min(p['runs']['load1'])}-{max(p['runs']['load1'])} |"
         )
     h = res["hf"]
     lines += [

@@ -98,6 +98,7 @@ def main() -> None:
             "e2e": [],
             "e2e_all_threads": [],
             "e2e_overlap": [],
+            "e2e_channels_last": [],
         }
         for r in range(args.repeats):
             load = os.getloadavg()[0]

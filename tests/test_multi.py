@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from test_hf import make
 from test_reliability import _assert_same_store
 from typer.testing import CliRunner
@@ -23,6 +24,9 @@ import vcache.extract.workers as workers
 from vcache.cli.app import app
 from vcache.cli.extract import store_name
 from vcache.data.crops import CropSettings
+from vcache.data.datasets import load_manifest
+from vcache.extract import ExtractOptions, extract
+from vcache.extract.engine import extract_many
 from vcache.extract.workers import (
     DecodePool,
     DecodeTask,
@@ -31,7 +35,8 @@ from vcache.extract.workers import (
     slot_shape,
     split_crops,
 )
-from vcache.store import DONE, open_store
+from vcache.models import build_backbone
+from vcache.store import DONE, PENDING, open_store
 
 VC = [sys.executable, "-m", "vcache.cli"]
 COMMON = ["--crops", "2", "--videos-per-shard", "1", "--batch-size", "4", "-q"]
@@ -182,3 +187,49 @@ def test_store_names():
     assert store_name("r3d_18_narrow") == "r3d_18_narrow"
     assert store_name("hf:MCG-NJU/videomae-base") == "hf-MCG-NJU--videomae-base"
     assert store_name("mypkg.models:build") == "mypkg.models-build"
+
+
+def test_a_slot_waits_for_every_backbone_that_takes_its_video(tiny_dataset, tmp_path):
+    """Backbone B lacks only video 0 (a stopped run kept video 1 of its shard), A lacks every video: with
+    batches of 3 over videos of 2 crops, A's batch takes video 0 whole while B's holds it until B flushes.
+    Video 0's slot must stay out of the pool until then, or a later video decodes over B's crops."""
+    manifest = load_manifest("folder", tiny_dataset)
+    s = CropSettings(
+        mode="train", clip_frames=8, frame_stride=2, input_size=64, resize_short=73, crops_per_video=2
+    )
+    opts = dict(workers=1, batch_size=3, videos_per_shard=2)
+
+    def model(seed):
+        torch.manual_seed(seed)
+        return build_backbone("cvrl_r3d_narrow")
+
+    for seed in (0, 1):  # references: each backbone alone
+        assert (
+            extract(manifest, tmp_path / f"ref{seed}.zarr", model(seed), s, ExtractOptions(**opts)).done == 6
+        )
+    shutil.copytree(tmp_path / "ref1.zarr", tmp_path / "b.zarr")
+    b = open_store(tmp_path / "b.zarr", mode="r+")
+    b.group["videos/status"][0:1] = np.array([PENDING], dtype=np.uint8)
+    b.group["shards/digest"][0] = ""
+    outs = [(tmp_path / "a.zarr", model(0), s), (tmp_path / "b.zarr", model(1), s)]
+    reps = extract_many(manifest, outs, ExtractOptions(**opts))
+    assert [r.processed_now for r in reps] == [6, 1] and reps[0].transport == "shm"
+    _assert_same_store(tmp_path / "ref0.zarr", tmp_path / "a.zarr")
+    _assert_same_store(tmp_path / "ref1.zarr", tmp_path / "b.zarr")
+
+
+def test_retry_failed_redoes_failed_videos_in_every_store(tiny_dataset, tmp_path):
+    root = tmp_path / "v"
+    shutil.copytree(tiny_dataset / "alpha", root / "alpha")
+    good = (root / "alpha" / "alpha_2.mp4").read_bytes()
+    (root / "alpha" / "alpha_2.mp4").write_bytes(b"not a video")
+    out = tmp_path / "multi"
+    args = [str(root), "-o", str(out), "--backbone", "cvrl_r3d_narrow,vit_video_tiny", "--workers", "0"]
+    args += ["--crops", "2", "--clip-frames", "4", "--max-failed-fraction", "1", "-q"]
+    assert CliRunner().invoke(app, ["extract", *args]).exit_code == 3
+    (root / "alpha" / "alpha_2.mp4").write_bytes(good)
+    assert CliRunner().invoke(app, ["extract", *args]).exit_code == 3  # failures stay failed...
+    r = CliRunner().invoke(app, ["extract", *args, "--retry-failed"])  # ...until asked
+    assert r.exit_code == 0, r.output
+    for name in ("cvrl_r3d_narrow", "vit_video_tiny"):
+        assert (open_store(out / f"{name}.zarr").status() == DONE).all()

@@ -1,7 +1,9 @@
 """Stage 1: videos -> crops -> frozen backbone -> one feature row per crop in a store.
 
-- :mod:`~vcache.extract.engine`: :func:`extract`, the run (decode pool, batched forward, shard writes,
-  torchrun / ``--part`` shares).
+- :mod:`~vcache.extract.engine`: :func:`extract` (and :func:`extract_many`, several backbones from one
+  decode), the run (batched forward, shard writes, torchrun / ``--part`` shares).
+- :mod:`~vcache.extract.fanout`: the decode pool and claim loop shared by every backbone of a run.
+- :mod:`~vcache.extract.forward`: host buffers, overlap, channels-last and compile of the forward pass.
 - :mod:`~vcache.extract.workers`: decoding worker processes under a deadline (numpy, PyAV and decord only).
 - :mod:`~vcache.extract.output`: store attributes, open-or-create for resume, leftovers, shard buffers.
 - :mod:`~vcache.extract.options`: :class:`ExtractOptions`, :class:`ExtractReport` and the exit codes.
@@ -17,6 +19,7 @@ from typing import Any
 
 _LAZY = {
     "extract": "vcache.extract.engine",
+    "extract_many": "vcache.extract.engine",
     "ExtractOptions": "vcache.extract.options",
     "ExtractReport": "vcache.extract.options",
     "EXIT_OK": "vcache.extract.options",
