@@ -100,3 +100,24 @@ def test_a_taker_killed_mid_takeover_does_not_block_the_object(s3):
     create_remote(store, lambda root: root.create_group("videos"), {**attrs, "feature_dim": 1}, wait_s=20)
     assert json.loads(store.read(CREATED))["pid"] == os.getpid()
     assert not store.list(f"{CREATED}.takeover-")
+
+
+def test_the_root_is_published_in_one_put(s3, monkeypatch):
+    """Every root zarr.json written during creation either lacks schema_version or carries every attribute:
+    a reader (another rank) or a kill never sees a half-published store (zarr's attrs.update writes once
+    per key)."""
+    from zarr.storage import ObjectStore
+
+    real, roots = ObjectStore.set, []
+
+    async def recorded(self, key, value, *a, **kw):
+        if key == "zarr.json":
+            roots.append(json.loads(value.to_bytes()).get("attributes", {}))
+        return await real(self, key, value, *a, **kw)
+
+    monkeypatch.setattr(ObjectStore, "set", recorded)
+    attrs = {"schema_version": 1, "n_videos": 1, "crops_per_video": 1, "videos_per_shard": 1}
+    attrs["feature_dim"] = 1
+    create_remote(location("s3://vc-test/race/one-put.zarr"), lambda root: None, attrs)
+    published = [r for r in roots if "schema_version" in r]
+    assert published == [attrs], roots

@@ -248,8 +248,8 @@ class FeatureStore:
         return out
 
     def update_attrs(self, **kv: Any) -> None:
-        self.group.attrs.update(kv)
         self.attrs.update(kv)
+        self.group.attrs.put(json.loads(json.dumps(self.attrs)))  # one write (attrs.update: one per key)
 
     # -- housekeeping ---------------------------------------------------------------------------
     def partial_files(self) -> list[Path]:
@@ -334,7 +334,7 @@ def create_store(
             shutil.rmtree(old, ignore_errors=True)
     tmp = final.parent / f".{final.name}.creating-{uuid.uuid4().hex[:8]}-{os.getpid()}-{socket.gethostname()}"
     root = zarr.open_group(str(tmp), mode="w")
-    root.attrs.update(full)
+    root.attrs.put(full)
     _build(root, paths, labels, full)
     try:
         os.rename(tmp, final)  # atomic; fails if `path` appeared meanwhile (another process won)

@@ -129,7 +129,9 @@ def create_remote(
             loc.delete(key)
     root = zarr.open_group(loc.zarr_store(), mode="a")
     build(root)
-    root.attrs.update(attrs)  # the root zarr.json with schema_version: written last, it publishes the store
+    # The root zarr.json with every attribute, in one put, written last: it publishes the store. (zarr's
+    # attrs.update writes zarr.json once per key, so a reader or a kill could see schema_version alone.)
+    root.attrs.put(attrs)
     for key in loc.list(f"{CREATED}.takeover-"):
         loc.delete(key)
 
