@@ -1,6 +1,7 @@
 """The feature store, the contract between extraction and learning from the cache.
 
-- :mod:`~vcache.store.format`: the Zarr layout, :class:`FeatureStore`, creating and opening a store.
+- :mod:`~vcache.store.format`: the Zarr layout, :class:`FeatureStore`, opening a store.
+- :mod:`~vcache.store.create`: creating a store (schema 2: fixed K or a variable number of rows a video).
 - :mod:`~vcache.store.cache`: :func:`load_cache`, a store's done videos in memory for stage 2.
 - :mod:`~vcache.store.compat`: provenance and the check that two stores share a backbone.
 - :mod:`~vcache.store.verify`: ``inspect`` (summary), ``verify`` and the HDF5 export.
@@ -11,15 +12,8 @@
 from vcache.data.records import DONE, FAILED, PENDING, STATUS_NAMES, Reason, VideoMeta
 from vcache.store.cache import Cache, cache_nbytes, load_cache
 from vcache.store.compat import check_compatible, store_provenance
-from vcache.store.format import (
-    SCHEMA_VERSION,
-    FeatureStore,
-    StoreError,
-    create_store,
-    creation_is_dead,
-    manifest_hash,
-    open_store,
-)
+from vcache.store.create import create_store, creation_is_dead
+from vcache.store.format import SCHEMA_VERSION, FeatureStore, StoreError, manifest_hash, open_store
 from vcache.store.verify import export_h5, summary, verify
 
 __all__ = [
