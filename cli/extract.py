@@ -78,7 +78,16 @@ def extract_cmd(
         "train",
         help="train: K random augmented crops per video; eval: uniform clips x crops; pairs: STiCA's pairs "
         "of large crops sharing a time extent (default 32-frame clips, or the clips a `pretrain stica` "
-        "checkpoint was trained on; use with --feature-maps).",
+        "checkpoint was trained on; use with --feature-maps); dense: every window of the whole video "
+        "with its start/end in seconds (temporal localization; --window-step, --spatial). Default: train.",
+    ),
+    window_step: int | None = typer.Option(
+        None,
+        "--window-step",
+        help="Dense mode: frames between window starts [default: one clip span, frames x stride: no overlap].",
+    ),
+    spatial: int = typer.Option(
+        1, help="Dense mode: crops per window, 1 (centre) or 3 (left/centre/right). Default: 1."
     ),
     pairs: int = typer.Option(4, help="Pairs per video in pairs mode (STiCA)."),
     crops: int = typer.Option(16, help="Crops per video in train mode (SCALE caches 16)."),
@@ -155,8 +164,12 @@ def extract_cmd(
     from vcache.models import build_backbone
     from vcache.store import StoreError
 
-    if mode not in ("train", "eval", "pairs"):
-        raise typer.BadParameter(f"--mode {mode!r}: choose train, eval or pairs")
+    if mode not in ("train", "eval", "pairs", "dense"):
+        raise typer.BadParameter(f"--mode {mode!r}: choose train, eval, pairs or dense")
+    if spatial not in (1, 3):
+        raise typer.BadParameter(f"--spatial {spatial}: choose 1 or 3")
+    if window_step is not None and window_step < 1:
+        raise typer.BadParameter(f"--window-step {window_step}: must be at least 1 frame")
     if mode == "pairs" and clip_frames is None and not _stica_checkpoint(checkpoint):
         clip_frames = 32  # STiCA Sec. 4.2 uses 30; 32 give R(2+1)D-18 a 4 x 7 x 7 map at 112 px
     if mode == "eval":
@@ -199,6 +212,8 @@ def extract_cmd(
         resize_short=round((input_size or pre.input_size) * pre.resize_short / pre.input_size),
         crops_per_video=crops,
         layout=layout,
+        window_step=window_step or 0,
+        spatial=spatial,
         pairs=pairs,
         seed=seed,
         flip=flip,

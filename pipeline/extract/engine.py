@@ -12,7 +12,6 @@ Rank 0 (or the first part to arrive) creates the store; the others wait for it.
 
 from __future__ import annotations
 
-import os
 import shutil
 import time
 from collections.abc import Callable
@@ -22,7 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from vcache.data.crops import CropSettings
+from vcache.data.crops import CropSettings, dense_windows, segment_windows
 from vcache.extract.options import (
     EXIT_OK,
     EXIT_SOME_FAILED,
@@ -32,7 +31,8 @@ from vcache.extract.options import (
     StoreWriteError,
     torch_threads,
 )
-from vcache.extract.output import ShardBuffer, clean_leftovers, open_or_create, store_attrs
+from vcache.extract.output import ShardBuffer, VideoTrack, clean_leftovers, open_or_create, store_attrs
+from vcache.extract.ranks import Dist, dist_rank_world
 from vcache.extract.stop import EXIT_CODES, GracefulStop
 from vcache.extract.workers import DecodePool, DecodeResult, DecodeTask, crop_shape
 from vcache.models import VideoBackbone
@@ -46,39 +46,6 @@ from vcache.store import (
 from vcache.store.location import Remote, location
 from vcache.store.lock import StoreLocked, claims_for, new_run_id, open_lock
 from vcache.store.verify import damaged_shards, mark_for_repair, reset_failed
-
-
-def dist_rank_world() -> tuple[int, int]:
-    """This process's share under torchrun (RANK, WORLD_SIZE), else (0, 1)."""
-    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
-
-
-class _Dist:
-    """torchrun's process group (gloo: extraction only needs barriers and one broadcast). ``timeout_s``
-    bounds the first barrier, where ranks wait for rank 0 to delete (--overwrite) or create the store;
-    the last one comes after every rank saw no live claim left, so it is short."""
-
-    def __init__(self, world: int, timeout_s: float):
-        self.active = world > 1 and "MASTER_ADDR" in os.environ
-        if self.active:
-            import datetime
-
-            import torch.distributed as dist
-
-            if not dist.is_initialized():
-                dist.init_process_group("gloo", timeout=datetime.timedelta(seconds=timeout_s))
-            self.dist = dist
-
-    def barrier(self) -> None:
-        if self.active:
-            self.dist.barrier()
-
-    def broadcast(self, obj: Any) -> Any:
-        if not self.active:
-            return obj
-        box = [obj]
-        self.dist.broadcast_object_list(box, src=0)
-        return box[0]
 
 
 def extract(
@@ -97,7 +64,7 @@ def extract(
     t_start = time.perf_counter()
     out = location(out)  # a Path, or a Remote for a URL (s3://...)
     rank, world = dist_rank_world()
-    dist = _Dist(world, opts.barrier_timeout_s)
+    dist = Dist(world, opts.barrier_timeout_s)
     if opts.part is not None:
         if world > 1:
             raise ValueError("--part cannot be combined with torchrun (each rank already takes a share)")
@@ -184,9 +151,10 @@ class _Job:
         self.clips = self.finished = 0  # crops through the backbone, videos finished (done or failed)
         self.buffers: dict[int, ShardBuffer] = {}
         self.shard_of: dict[int, int] = {}
-        self.batch: list[tuple[int, int, np.ndarray]] = []  # (video, first crop row, uint8 crops)
+        # (video, its row of the first crop, uint8 crops, the result they came in, whether they end it)
+        self.batch: list[tuple[int, int, np.ndarray, DecodeResult, bool]] = []
         self.batch_n = 0
-        self.decoded: dict[int, DecodeResult] = {}  # videos whose crops wait for the backbone
+        self.tracks: dict[int, VideoTrack] = {}  # videos decoded in part or whole, not finished yet
         self.progress: Callable[[str, dict[str, Any]], None] | None = None
         self.cleaned = 0
         self.repaired: dict[int, str] = {}
@@ -245,7 +213,7 @@ class _Job:
             done = int((store.status() != PENDING).sum())
             progress("start", {"total": store.n_videos, "done": done})
         in_flight_cap = max(2, 2 * opts.workers + 1)
-        k = self.settings.crops_per_video
+        k = self.settings.slot_crops
         # slots: one per video in flight, plus the videos whose crops wait in an unfinished batch
         n_slots = in_flight_cap + -(-(opts.batch_size - 1) // k) + 1 if opts.shared_memory else 0
         self.t_pool = time.perf_counter()
@@ -294,28 +262,57 @@ class _Job:
             )
 
     def _take(self, res: DecodeResult) -> None:
+        """A decoded video (or dense segment): queue its crops for the backbone. A dense video's first
+        segment tells its row count and times; its other segments are submitted then."""
         self.timings["worker_decode"] += res.seconds
-        if self.stop.requested and res.meta.reason_code == Reason.WORKER_DIED:
-            return  # killed with the run's own stop: the video stays pending
-        if res.meta.status != DONE:
-            self._finish(res.index, res)
+        v, track = res.index, self.tracks.get(res.index)
+        if self.stop.requested and (res.meta.reason_code == Reason.WORKER_DIED or res.probe is not None):
+            self.pool.release(res.slot)  # killed with the run's own stop, or a long video not started:
+            return  # the video stays pending
+        if track is None:
+            if res.meta.status != DONE:
+                self._finish(v, res.meta)
+                return
+            self.buffers[self.shard_of[v]].open_video(v, res.total_rows, res.times)
+            track = self.tracks[v] = VideoTrack(res.meta)
+            if res.probe is not None:
+                track.tasks_left = self._submit_segments(v, res.probe)
+        else:
+            track.merge(res.meta)
+        if res.meta.status != DONE or track.meta.status != DONE:
+            self.pool.release(res.slot)  # a failed segment fails the whole video
+            self._maybe_finish(v)
             return
-        self.decoded[res.index] = res
-        crops, first = res.crops, 0
+        rows = self.buffers[self.shard_of[v]].rows[v]
+        n = len(res.boxes)
+        rows["boxes"][res.first_row : res.first_row + n] = res.boxes
+        rows["flip"][res.first_row : res.first_row + n] = res.flips
+        crops, first = res.crops[:n], 0
         res.crops = None
-        while first < len(crops):
+        track.queued += n
+        while first < n:
             part = crops[first : first + self.opts.batch_size - self.batch_n]
-            self.batch.append((res.index, first, part))
+            self.batch.append((v, res.first_row + first, part, res, first + len(part) == n))
             self.batch_n += len(part)
             first += len(part)
             if self.batch_n >= self.opts.batch_size:
                 self._forward()
 
+    def _submit_segments(self, v: int, info) -> int:
+        """Dense mode: the decoding tasks of video v's windows after its first segment. Returns how many."""
+        n_win, seg = dense_windows(self.settings, info.num_frames), segment_windows(self.settings)
+        path = self.paths[v]
+        for w0 in range(seg, n_win, seg):
+            task = DecodeTask(v, str(self.root / path), path, self.settings, self.opts.max_decode_errors)
+            task.windows, task.info = (w0, min(n_win, w0 + seg)), info
+            self.pool.submit(task)
+        return len(range(seg, n_win, seg))
+
     def _forward(self) -> None:
         if not self.batch:
             return
         t0 = time.perf_counter()
-        parts = [c for _, _, c in self.batch]
+        parts = [c for _, _, c, _, _ in self.batch]
         n, shape = sum(len(c) for c in parts), parts[0].shape[1:]
         if self.host is None or self.host.shape[1:] != shape or len(self.host) < n:
             # one reused batch buffer, page-locked on CUDA for an async copy (free again after .cpu() below)
@@ -331,35 +328,36 @@ class _Job:
         self.timings["forward"] += time.perf_counter() - t0
         row = 0
         batch, self.batch, self.batch_n = self.batch, [], 0
-        for v, first, crops in batch:
+        for v, r0, crops, res, last in batch:
             n = len(crops)
-            buf = self.buffers[self.shard_of[v]]
-            r0 = buf.rows(v).start + first
-            buf.features[r0 : r0 + n] = pooled[row : row + n]
+            rows = self.buffers[self.shard_of[v]].rows[v]
+            rows["features"][r0 : r0 + n] = pooled[row : row + n]
             if fmaps is not None:
-                buf.maps[r0 : r0 + n] = fmaps[row : row + n]
+                rows["maps"][r0 : r0 + n] = fmaps[row : row + n]
             row += n
-            if first + n == self.store.crops_per_video:
-                res = self.decoded.pop(v)
+            if last:
                 self.pool.release(res.slot)  # its crops are in x now
-                self._finish(v, res)
+            self.tracks[v].queued -= n
+            self._maybe_finish(v)
         self.clips += row
 
-    def _finish(self, v: int, res: DecodeResult) -> None:
+    def _maybe_finish(self, v: int) -> None:
+        track = self.tracks[v]
+        if track.tasks_left == 0 and track.queued == 0:
+            del self.tracks[v]
+            self._finish(v, track.meta)
+
+    def _finish(self, v: int, meta) -> None:
         buf = self.buffers[self.shard_of[v]]
-        if res.meta.status == DONE:
-            buf.boxes[buf.rows(v)] = res.boxes
-            buf.flips[buf.rows(v)] = res.flips
-            if res.meta.warning:
-                self.warnings.append((self.paths[v], res.meta.warning))
+        if meta.status == DONE:
+            if meta.warning:
+                self.warnings.append((self.paths[v], meta.warning))
         else:
-            self.failures.append(
-                (self.paths[v], f"{Reason(res.meta.reason_code).name.lower()}: {res.meta.reason}")
-            )
-        buf.metas[v - buf.videos.start] = res.meta
+            self.failures.append((self.paths[v], f"{Reason(meta.reason_code).name.lower()}: {meta.reason}"))
+        buf.metas[v - buf.videos.start] = meta
         self.finished += 1
         if self.progress:
-            self.progress("video", {"clips": self.store.crops_per_video if res.meta.status == DONE else 0})
+            self.progress("video", {"clips": buf.n_rows(v) if meta.status == DONE else 0})
         if buf.complete:
             self._write(self.shard_of[v])
 
@@ -368,7 +366,10 @@ class _Job:
         buf = self.buffers.pop(s)
         t0 = time.perf_counter()
         try:
-            self.store.write_shard(s, buf.features, buf.boxes, buf.flips, buf.metas, buf.maps)
+            a = buf.arrays()
+            self.store.write_shard(
+                s, a["features"], a["boxes"], a["flips"], buf.metas, a["maps"], a["times"], a["spans"]
+            )
         except OSError as e:
             raise StoreWriteError(
                 f"cannot write shard {s} to {self.store.path}: {e}. Shards written before are intact and "

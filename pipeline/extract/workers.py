@@ -31,7 +31,15 @@ from multiprocessing.connection import Connection, wait
 
 import numpy as np
 
-from vcache.data.crops import CropSettings, cut, decode_size, sample_crops
+from vcache.data.crops import (
+    CropSettings,
+    cut,
+    decode_size,
+    dense_crops,
+    dense_windows,
+    sample_crops,
+    segment_windows,
+)
 from vcache.data.records import DONE, FAILED, Reason, VideoMeta
 from vcache.data.video import VideoError, VideoInfo, capture_stderr, decode_frames, probe, warnings_for
 from vcache.extract.slots import Attached, make_slots
@@ -44,6 +52,8 @@ class DecodeTask:
     key: str  # the video's relative path: seeds its crops
     settings: CropSettings
     max_decode_errors: int | None = None  # more decoder messages than this: the video fails
+    windows: tuple[int, int] | None = None  # dense mode: the windows of this segment (first, stop)
+    info: VideoInfo | None = None  # dense mode, segments after the first: the probe, not repeated
 
 
 @dataclass
@@ -59,6 +69,10 @@ class DecodeResult:
     notes: list[str] = field(default_factory=list)
     in_slot: bool = False  # the crops were written into the task's shared-memory slot (crops is None)
     slot: int | None = None  # in the parent: the slot that holds the crops, until DecodePool.release
+    times: np.ndarray | None = None  # (rows, 2) start/end seconds; a dense first segment: the whole video's
+    first_row: int = 0  # dense mode: the video's row of this segment's first crop
+    total_rows: int = 0  # the video's rows (K, or a dense video's windows x spatial crops)
+    probe: VideoInfo | None = None  # a dense first segment: the probe (without times) for the next segments
 
 
 def decode_task(task: DecodeTask, out: np.ndarray | None = None) -> DecodeResult:
@@ -79,7 +93,6 @@ def decode_task(task: DecodeTask, out: np.ndarray | None = None) -> DecodeResult
             meta.decode_errors, meta.warning = len(messages), res.meta.warning
             res = DecodeResult(task.index, meta)
         res.info = None
-        res.in_slot = out is not None and res.crops is out
     elif messages:
         res.meta.decode_errors = len(messages)
     res.seconds = time.perf_counter() - t_start
@@ -89,15 +102,23 @@ def decode_task(task: DecodeTask, out: np.ndarray | None = None) -> DecodeResult
 def _decode(task: DecodeTask, out: np.ndarray | None = None) -> DecodeResult:
     s = task.settings
     try:
-        info = probe(task.path)
-        crops = sample_crops(s, task.key, info.num_frames, info.height, info.width)
+        info = task.info or probe(task.path)
+        first = 0
+        if s.mode == "dense":
+            n_win = dense_windows(s, info.num_frames)
+            first, stop = task.windows or (0, segment_windows(s))
+            crops = dense_crops(s, info.num_frames, info.height, info.width, first, min(stop, n_win))
+            n_rows = n_win * s.spatial
+        else:
+            crops = sample_crops(s, task.key, info.num_frames, info.height, info.width)
+            n_rows = len(crops)
         dh, dw = decode_size(crops, info.height, info.width, s.input_size)
         needed = np.unique(np.concatenate([c.frames for c in crops]))
         notes: list[str] = []
         frames, decoded = decode_frames(task.path, needed, dh, dw, info.num_frames, notes)
         shape = (len(crops), s.clip_frames, s.input_size, s.input_size, 3)
-        if out is None or out.shape != shape:
-            out = np.empty(shape, dtype=np.uint8)
+        in_slot = out is not None and out.shape[1:] == shape[1:] and len(out) >= len(crops)
+        out = out[: len(crops)] if in_slot else np.empty(shape, dtype=np.uint8)
         for i, c in enumerate(crops):
             clip = np.stack([frames[int(f)] for f in c.frames])
             out[i] = cut(clip, c.box, c.flip, s.input_size)
@@ -119,12 +140,20 @@ def _decode(task: DecodeTask, out: np.ndarray | None = None) -> DecodeResult:
     )
     boxes = np.stack([c.box for c in crops]).astype(np.float32)
     flips = np.array([c.flip for c in crops], dtype=bool)
-    return DecodeResult(task.index, meta, out, boxes, flips, info=info, notes=notes)
+    res = DecodeResult(task.index, meta, out, boxes, flips, info=info, notes=notes, in_slot=in_slot)
+    res.total_rows, res.first_row = n_rows, first * s.spatial
+    if task.info is None:  # the first (or only) task of a video: the times of all its rows
+        every = crops if s.mode != "dense" else dense_crops(s, info.num_frames, 1, 1, 0, n_win)
+        t = info.times if info.times is not None else np.full(info.num_frames + 1, np.nan)
+        res.times = np.array([[t[int(c.frames[0])], t[c.span_end]] for c in every], dtype=np.float64)
+        if s.mode == "dense":
+            res.probe = VideoInfo(**{**info.__dict__, "times": None})
+    return res
 
 
 def crop_shape(s: CropSettings) -> tuple[int, int, int, int, int]:
     """The shape of one video's crops (the size of a shared-memory slot)."""
-    return (s.crops_per_video, s.clip_frames, s.input_size, s.input_size, 3)
+    return (s.slot_crops, s.clip_frames, s.input_size, s.input_size, 3)
 
 
 _READY = "ready"
