@@ -84,7 +84,7 @@ def extract_cmd(
     window_step: int | None = typer.Option(
         None,
         "--window-step",
-        help="Dense mode: frames between window starts [default: one clip span, frames x stride: no overlap].",
+        help="Dense mode: frames between window starts [default: one clip span, frames x stride].",
     ),
     spatial: int = typer.Option(
         1, help="Dense mode: crops per window, 1 (centre) or 3 (left/centre/right). Default: 1."
