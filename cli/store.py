@@ -40,7 +40,11 @@ def inspect_cmd(
     sm = s["sampling"] or {}
     rows = [
         ("videos", f"{s['videos']}: {s['done']} done, {s['failed']} failed, {s['pending']} pending"),
-        ("crops", f"{s['crops_per_video']} per video, features {s['feature_dim']}-d {s['feature_dtype']}"),
+        (
+            "crops",
+            f"{s['crops_per_video'] or 'a variable number of'} per video, {s['rows']} rows, features "
+            f"{s['feature_dim']}-d {s['feature_dtype']} (schema {s['schema_version']})",
+        ),  # fmt: skip
         ("feature maps", str(s["map_shape"]) if s["map_shape"] else "no"),
         ("shards", f"{s['shards']} of {s['videos_per_shard']} videos"),
         (

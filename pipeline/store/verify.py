@@ -105,7 +105,9 @@ def summary(path: str | Path) -> dict[str, Any]:
         "warned": len(warned),
         "warned_examples": warned[:10],
         "rotated": int((st.meta("rotation") != 0).sum()),
-        "crops_per_video": st.crops_per_video,
+        "crops_per_video": st.crops_per_video,  # 0: a variable number (dense)
+        "rows": int(st.row_spans()[1].sum()),
+        "schema_version": st.schema_version,
         "feature_dim": st.feature_dim,
         "feature_dtype": st.attrs.get("feature_dtype"),
         "map_shape": st.attrs.get("map_shape"),
