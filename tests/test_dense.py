@@ -58,7 +58,7 @@ EVENT = (2.0, 3.0)  # seconds
 
 
 def _settings(**kw) -> CropSettings:
-    base = dict(mode="dense", clip_frames=8, frame_stride=1, input_size=64, resize_short=73)
+    base = dict(mode="dense", clip_frames=4, frame_stride=1, input_size=64, resize_short=73)
     return CropSettings(**{**base, **kw})
 
 
@@ -73,7 +73,7 @@ def timeline(tmp_path_factory, backbone):
     root = tmp_path_factory.mktemp("timeline")
     write_timeline(root / "a" / "cfr.mp4", CFR_MS, EVENT)
     write_timeline(root / "a" / "vfr.mp4", VFR_MS, (0.9, 1.4))
-    write_timeline(root / "b" / "short.mp4", CFR_MS[:5], EVENT)
+    write_timeline(root / "b" / "short.mp4", CFR_MS[:3], EVENT)
     out = root / "dense.zarr"
     rep = extract(load_manifest("folder", root), out, backbone, _settings(), ExtractOptions(workers=0))
     assert rep.exit_code == 0 and rep.done == 3
@@ -92,7 +92,7 @@ def test_windows_over_the_event_and_only_those_differ(timeline, name, pts_ms, ev
     st = open_store(timeline)
     i = st.paths().index(name)
     rows = _rows(st, i)
-    n, span = len(pts_ms), 8
+    n, span = len(pts_ms), 4  # the 5 s CFR video has 32 windows: two decoding segments of 16
     assert len(rows["features"]) == dense_windows(_settings(), n) == -(-(n - span) // span) + 1
     t = np.append(np.asarray(pts_ms) / 1000, pts_ms[-1] / 1000 + (pts_ms[-1] - pts_ms[-2]) / 1000)
     starts = np.arange(len(rows["features"])) * span
@@ -114,7 +114,7 @@ def test_a_video_shorter_than_a_window_gives_one_window(timeline):
     st = open_store(timeline)
     rows = _rows(st, st.paths().index("b/short.mp4"))
     assert len(rows["features"]) == 1 and rows["boxes"][0, 1] == 1.0
-    assert rows["start_s"][0] == 0.0 and abs(rows["end_s"][0] - 0.2) < 1e-6
+    assert rows["start_s"][0] == 0.0 and abs(rows["end_s"][0] - 0.12) < 1e-6  # 3 frames of 40 ms
 
 
 def test_dense_layout_each_shard_owns_its_chunks(timeline):
@@ -148,7 +148,7 @@ def test_export_npy_and_h5(timeline, tmp_path):
         "end_s",
     }
     cfr = [r for r in lines if r["video"] == "a/cfr.mp4"]
-    assert float(cfr[1]["start_s"]) == pytest.approx(0.32) and cfr[-1]["row"] == str(len(cfr) - 1)
+    assert float(cfr[1]["start_s"]) == pytest.approx(0.16) and cfr[-1]["row"] == str(len(cfr) - 1)
     h5 = export_h5(timeline, tmp_path / "s.h5")
     with h5py.File(h5) as f:
         v = f["by_video/a/vfr/features"][:]
@@ -156,6 +156,18 @@ def test_export_npy_and_h5(timeline, tmp_path):
         assert np.array_equal(v, _rows(st, i)["features"].astype(np.float32))
         s0 = int(f["videos/row_start"][i])
         assert np.array_equal(f["crops/features"][s0 : s0 + len(v)].astype(np.float32), v)
+
+
+def test_verify_finds_bad_row_times(timeline, tmp_path):
+    import shutil
+
+    bad = tmp_path / "bad.zarr"
+    shutil.copytree(timeline, bad)
+    g = zarr.open_group(str(bad), mode="r+")
+    a = int(g["videos/row_start"][0])
+    g["crops/end_s"][a] = -1.0
+    problems, _ = verify(bad)
+    assert any("row times" in p for p in problems) and any("checksum mismatch" in p for p in problems)
 
 
 def test_stage2_reads_a_dense_store(timeline):
