@@ -30,14 +30,17 @@ TORCHRUN = str(Path(sys.executable).parent / "torchrun")
 GREY, H, W = 90, 48, 64
 
 
-def write_timeline(path: Path, pts_ms: list[int], event: tuple[float, float]) -> Path:
-    """Lossless H.264 (4:4:4, crf 0) with the given presentation times in ms: grey frames, and a bright
-    rectangle on the frames whose time falls in [event[0], event[1]) seconds."""
+def write_timeline(path: Path, pts_ms: list[int], event: tuple[float, float], bframes: bool = False) -> Path:
+    """H.264 (4:4:4) with the given presentation times in ms: grey frames, and a bright rectangle on the
+    frames whose time falls in [event[0], event[1]) seconds. Lossless (crf 0), or with `bframes` crf 12 and
+    B-frames (packets then come out of presentation order: x264 uses none in lossless mode)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with av.open(str(path), "w") as out:
         stream = out.add_stream("libx264", rate=25)
         stream.width, stream.height, stream.pix_fmt = W, H, "yuv444p"
         stream.options = {"crf": "0", "preset": "ultrafast"}
+        if bframes:
+            stream.options = {"crf": "12", "preset": "ultrafast", "x264-params": "bframes=2:b-adapt=0"}
         stream.codec_context.time_base = Fraction(1, 1000)
         for t in pts_ms:
             img = np.full((H, W, 3), GREY, np.uint8)
@@ -72,7 +75,10 @@ def backbone():
 def timeline(tmp_path_factory, backbone):
     root = tmp_path_factory.mktemp("timeline")
     write_timeline(root / "a" / "cfr.mp4", CFR_MS, EVENT)
-    write_timeline(root / "a" / "vfr.mp4", VFR_MS, (0.9, 1.4))
+    write_timeline(root / "a" / "vfr.mp4", VFR_MS, (0.9, 1.4), bframes=True)
+    with av.open(str(root / "a" / "vfr.mp4")) as c:  # the test covers packets out of presentation order
+        pts = [p.pts for p in c.demux(video=0) if p.size]
+    assert pts != sorted(pts)
     write_timeline(root / "b" / "short.mp4", CFR_MS[:3], EVENT)
     out = root / "dense.zarr"
     rep = extract(load_manifest("folder", root), out, backbone, _settings(), ExtractOptions(workers=0))
