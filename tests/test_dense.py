@@ -81,7 +81,8 @@ def timeline(tmp_path_factory, backbone):
     assert pts != sorted(pts)
     write_timeline(root / "b" / "short.mp4", CFR_MS[:3], EVENT)
     out = root / "dense.zarr"
-    rep = extract(load_manifest("folder", root), out, backbone, _settings(), ExtractOptions(workers=0))
+    opts = ExtractOptions(workers=0, videos_per_shard=2)  # two shards: two row regions
+    rep = extract(load_manifest("folder", root), out, backbone, _settings(), opts)
     assert rep.exit_code == 0 and rep.done == 3
     return out
 
