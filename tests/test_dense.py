@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from fractions import Fraction
 from pathlib import Path
 
@@ -279,3 +280,59 @@ def test_kill_resume_parts_and_torchrun_equal_one_run(long_dataset, tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     _assert_same_dense(ref, ddp)
     assert verify(ddp, require_complete=True)[0] == []
+
+
+# Loaded into every process of the run (PYTHONPATH): the worker marks the moment video 2 (one window) is
+# decoded and slows the later segments of videos 0 and 1, so the stop lands while they are half decoded.
+_HOOK = """
+import os, time
+_dir = os.environ.get("VCACHE_STOP_TEST_DIR")
+if _dir:
+    import vcache.extract.workers as _w
+    _real = _w.decode_task
+
+    def _slow(task, out=None):
+        res = _real(task, out)
+        if task.index == 2:
+            open(os.path.join(_dir, "decoded-2"), "w").close()
+        elif task.windows:
+            time.sleep(1.0)
+        return res
+
+    _w.decode_task = _slow
+"""
+
+
+def test_graceful_stop_keeps_finished_videos_and_the_resume_appends(long_dataset, tmp_path):
+    """SIGINT while videos 0 and 1 (67 and 30 windows) are half decoded: video 2 is kept in a partly done
+    shard, videos 0 and 1 stay pending; the resume appends their rows after video 2's (written rows never
+    move) and the store equals one run's, video by video."""
+    root, ref = long_dataset
+    out, hook = tmp_path / "stopped.zarr", tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(_HOOK)
+    env = dict(os.environ, VCACHE_STOP_TEST_DIR=str(hook))
+    env["PYTHONPATH"] = os.pathsep.join([str(hook), env.get("PYTHONPATH", "")])
+    args = _args(root, out, "--videos-per-shard", "3", "--workers", "1")
+    proc = subprocess.Popen([*VC, *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    while not (hook / "decoded-2").exists():
+        assert proc.poll() is None, proc.communicate()[1].decode()[-2000:]
+    time.sleep(1.5)  # video 2's result reaches the engine; the 5 later segments of 0 and 1 take >= 5 s
+    proc.send_signal(signal.SIGINT)
+    err = proc.communicate(timeout=120)[1].decode()
+    assert proc.returncode == 130, err[-2000:]
+    st = open_store(out)
+    assert list(st.status()) == [0, 0, DONE], (st.status(), err[-3000:])
+    assert str(st.group["shards/digest"][0]) == "" and int(st.row_spans()[0][2]) == 0
+    assert verify(out)[0] == []
+    _run(*args)
+    st = open_store(out)
+    starts = st.row_spans()[0]
+    assert starts[0] > starts[2] and starts[1] > starts[2]  # appended after the rows written at the stop
+    assert verify(out, require_complete=True)[0] == []
+    a, b = open_store(ref), st
+    for i in range(3):
+        ra, rb = _rows(a, i), _rows(b, i)
+        for name in ("boxes", "start_s", "end_s"):
+            assert np.array_equal(ra[name], rb[name]), name
+        assert np.allclose(ra["features"].astype(np.float32), rb["features"].astype(np.float32), atol=2e-3)
