@@ -4,9 +4,11 @@ Two generated 320 x 240 H.264 videos at 25 fps, 1 minute and 10 minutes (a gradi
 crf 23). Each is extracted alone by the command line (`vcache extract --mode dense`, r3d_18_narrow at its
 defaults: 16 frames x stride 2 = 32-frame windows, no overlap, 64 px, one decoding worker), in a fresh
 process, while a sampler reads the resident memory (VmRSS) of the process and its decoding workers every
-50 ms: the peak of their sum is the run's peak RSS. Windows per second = rows written / the run's own
-extraction seconds (the CLI's summary, start-up included). Then the same two videos in eval mode (5 x 3
-clips, today's default), for crops per second and seconds per video.
+50 ms: the peak of their sum is the run's peak RSS (also reported apart: the main process, which runs the
+backbone, and the sum of the others: the decoding worker and multiprocessing's resource tracker;
+shared-memory slots count in both the main process and the worker once touched). Windows per second = rows
+written / the run's own extraction seconds (the CLI's summary, start-up included). Then the same two videos
+in eval mode (5 x 3 clips, today's default), for crops per second and seconds per video.
 
 Target (issue 15): peak RSS of the 10-minute run within 1.2x of the 1-minute run.
 Writes benchmarks/results/dense.json and dense.md.
@@ -54,8 +56,8 @@ def write_video(path: Path, seconds: int) -> Path:
     return path
 
 
-def _tree_rss_kb(root: int) -> int:
-    """VmRSS of `root` and all its descendants, in kB (read from /proc)."""
+def _tree_rss_kb(root: int) -> dict[int, int]:
+    """VmRSS of `root` and each of its descendants, in kB (read from /proc)."""
     children: dict[int, list[int]] = {}
     for d in os.listdir("/proc"):
         if d.isdigit():
@@ -64,17 +66,17 @@ def _tree_rss_kb(root: int) -> int:
             except (OSError, IndexError, ValueError):
                 continue
             children.setdefault(ppid, []).append(int(d))
-    total, todo = 0, [root]
+    out, todo = {}, [root]
     while todo:
         pid = todo.pop()
         todo += children.get(pid, [])
         try:
             for line in Path(f"/proc/{pid}/status").read_text().splitlines():
                 if line.startswith("VmRSS:"):
-                    total += int(line.split()[1])
+                    out[pid] = int(line.split()[1])
         except OSError:
             pass
-    return total
+    return out
 
 
 def run(folder: Path, out: Path, mode: str) -> dict:
@@ -82,11 +84,13 @@ def run(folder: Path, out: Path, mode: str) -> dict:
            "r3d_18_narrow", "--mode", mode, "--workers", "1", "--quiet", "--overwrite"]  # fmt: skip
     t0 = time.perf_counter()
     p = subprocess.Popen(cmd, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
-    peak = [0]
+    peak = [0, 0, 0]  # the tree's sum, the main process, the other processes' sum
 
     def sample() -> None:
         while p.poll() is None:
-            peak[0] = max(peak[0], _tree_rss_kb(p.pid))
+            rss = _tree_rss_kb(p.pid)
+            main, total = rss.get(p.pid, 0), sum(rss.values())
+            peak[:] = max(peak[0], total), max(peak[1], main), max(peak[2], total - main)
             time.sleep(0.05)
 
     th = threading.Thread(target=sample)
@@ -99,7 +103,9 @@ def run(folder: Path, out: Path, mode: str) -> dict:
     m = re.search(r"(\d+) clips\s+in ([\d.]+) s", err)
     rows, seconds = int(m.group(1)), float(m.group(2))
     return {"mode": mode, "rows": rows, "seconds": seconds, "wall_s": round(wall, 2),
-            "rows_per_s": round(rows / seconds, 1), "peak_rss_mb": round(peak[0] / 1024, 1)}  # fmt: skip
+            "rows_per_s": round(rows / seconds, 1), "peak_rss_mb": round(peak[0] / 1024, 1),
+            "peak_main_mb": round(peak[1] / 1024, 1),
+            "peak_workers_mb": round(peak[2] / 1024, 1)}  # fmt: skip
 
 
 def main() -> None:
