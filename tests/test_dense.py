@@ -193,6 +193,25 @@ def test_stage2_reads_a_dense_store(timeline):
     assert np.array_equal(c4.boxes[cfr], rows["boxes"][want])
 
 
+def test_probes_retrieval_and_scale_run_on_a_dense_store(timeline, tmp_path):
+    from stage2_helpers import TINY_SCALE
+
+    from vcache.learn.aggregator import ScaleConfig
+    from vcache.learn.probes import ProbeSettings, run_knn, run_probe
+    from vcache.learn.scale import train_scale
+
+    c = load_cache(timeline)  # 32 rows a video: SCALE's two sets of K = 8 need 16
+    s = ProbeSettings(k=2, retrieval=True, allow_overlap=True, device="cpu")
+    knn = run_knn(c, c, s)
+    assert knn.metrics["top1"] == 1.0 and "R@1" in knn.metrics  # each video is its own nearest neighbour
+    fast = ProbeSettings(lrs=(1e-2,), wds=(0.0,), epochs=3, eval_points=1, allow_overlap=True, device="cpu")
+    lin = run_probe("linear", c, c, fast)
+    assert 0 <= lin.metrics["top1"] <= 1
+    cfg = ScaleConfig(feature_dim=c.features.shape[-1], epochs=1, **{**TINY_SCALE, "batch_size": 3})
+    res = train_scale(c, cfg, tmp_path / "s.pt", store_path=timeline, device="cpu")
+    assert res.epochs_done == 1 and np.isfinite(res.history[-1]["total"])
+
+
 def test_schema_1_stores_stay_readable(tmp_path):
     paths, labels, k, d = [f"c/v{i}.mp4" for i in range(5)], [0, 1, 0, 1, 0], 3, 4
     st = create_store(tmp_path / "v1.zarr", paths, labels, k, d, {"backbone": {}}, videos_per_shard=2,
