@@ -266,9 +266,10 @@ class _Job:
         segment tells its row count and times; its other segments are submitted then."""
         self.timings["worker_decode"] += res.seconds
         v, track = res.index, self.tracks.get(res.index)
-        if self.stop.requested and (res.meta.reason_code == Reason.WORKER_DIED or res.probe is not None):
-            self.pool.release(res.slot)  # killed with the run's own stop, or a long video not started:
-            return  # the video stays pending
+        more = res.probe is not None and res.boxes is not None and res.total_rows > len(res.boxes)
+        if self.stop.requested and (res.meta.reason_code == Reason.WORKER_DIED or more):
+            self.pool.release(res.slot)  # killed with the run's own stop, or a dense video with segments
+            return  # still to decode: the video stays pending
         if track is None:
             if res.meta.status != DONE:
                 self._finish(v, res.meta)
