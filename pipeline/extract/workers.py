@@ -2,7 +2,8 @@
 
 Each worker decodes one video at a time: probe the trusted frame count, sample the crops, decode the frames
 they need in order at the size they need, cut them. It sends back uint8 crops, never features, so workers
-need neither torch nor the GPU and start fast (spawned, importing only numpy, PyAV and decord).
+need neither torch nor the GPU and start fast (spawned, importing only numpy, PyAV and decord). A dense
+video is one task per segment of windows; the first also probes and returns all its rows' times.
 
 decord can hang in native code on a bad file. Each worker has its own task and result pipes, so the
 parent knows which video each worker holds and since when: when a video passes its deadline the worker is
