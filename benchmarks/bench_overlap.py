@@ -10,7 +10,10 @@ Per repeat (median of `--repeats`, with min and max):
 - decode only: vcache.extract.workers.decode_task over every video in this process (one core);
 - backbone only: forward passes over as many clips at the engine's thread count;
 - end to end: vcache.extract.extract, steady state = total - start-up (store, spawn, imports until the
-  worker is ready), as the engine reports it; also with torch taking every core (the rule off).
+  worker is ready), as the engine reports it; also with torch taking every core (the rule off), and with
+  the next batch assembled while a forward thread runs the current one (`--overlap-repeats`; off by
+  default on the CPU: this measures whether it helps here), and with --channels-last
+  (`--channels-last-repeats`).
 
 Target: steady state <= 1.1x (decode only + backbone only). On 2 cores with one decoding process and one
 torch thread, perfect overlap reaches max(decode, backbone): the larger of the two is the bound.
@@ -22,6 +25,7 @@ Writes benchmarks/results/overlap.json.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import platform
@@ -58,6 +62,8 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--workers", type=int, default=1)
     ap.add_argument("--all-threads-repeats", type=int, default=1, help="runs with the thread rule off")
+    ap.add_argument("--overlap-repeats", type=int, default=0, help="runs with ExtractOptions(overlap=True)")
+    ap.add_argument("--channels-last-repeats", type=int, default=0, help="runs with --channels-last")
     ap.add_argument("--out", type=Path, default=RESULTS / "overlap.json")
     args = ap.parse_args()
     torch.manual_seed(0)
@@ -86,7 +92,13 @@ def main() -> None:
         rule = torch_threads(ExtractOptions(workers=args.workers))  # the engine's own rule
         decode_task(DecodeTask(0, *paths[0], s))  # warm-up: page cache, library init
         x = torch.randint(0, 255, (32, 3, pre.clip_frames, pre.input_size, pre.input_size)).float()
-        runs: dict[str, list] = {"decode": [], "backbone": [], "e2e": [], "e2e_all_threads": []}
+        runs: dict[str, list] = {
+            "decode": [],
+            "backbone": [],
+            "e2e": [],
+            "e2e_all_threads": [],
+            "e2e_overlap": [],
+        }
         for r in range(args.repeats):
             load = os.getloadavg()[0]
             t0 = time.perf_counter()
@@ -102,12 +114,23 @@ def main() -> None:
                     model(x[: min(32, n_clips - done)])
             runs["backbone"].append(time.perf_counter() - t0)
             torch.set_num_threads(old)
-            variants = [("e2e", None)] + [("e2e_all_threads", cores)] * (r < args.all_threads_repeats)
-            for name, threads in variants:
+            variants = [("e2e", None, False)] + [("e2e_all_threads", cores, False)] * (
+                r < args.all_threads_repeats
+            )
+            variants += [("e2e_overlap", None, True)] * (r < args.overlap_repeats)
+            variants += [("e2e_channels_last", None, False)] * (r < args.channels_last_repeats)
+            for name, threads, overlap in variants:
                 opts = ExtractOptions(
-                    workers=args.workers, batch_size=32, torch_threads=threads, overwrite=True
+                    workers=args.workers,
+                    batch_size=32,
+                    torch_threads=threads,
+                    overwrite=True,
+                    overlap=overlap,
                 )
-                rep = extract(manifest, tmp / "s.zarr", model, s, opts)
+                m = model
+                if name == "e2e_channels_last":  # the engine converts the model in place: give it a copy
+                    opts.channels_last, m = True, copy.deepcopy(model)
+                rep = extract(manifest, tmp / "s.zarr", m, s, opts)
                 assert rep.done == len(paths), rep.failures
                 runs[name].append({**{k: round(v, 3) for k, v in rep.timings.items()}, "load1": load})
             print(f"repeat {r}: {runs['e2e'][-1]}", file=sys.stderr)
@@ -123,7 +146,7 @@ def main() -> None:
             "runs": runs,
         }
         sums = [d + b for d, b in zip(runs["decode"], runs["backbone"], strict=True)]
-        for name in ("e2e", "e2e_all_threads"):
+        for name in ("e2e", "e2e_all_threads", "e2e_overlap", "e2e_channels_last"):
             n = len(runs[name])
             if n == 0:
                 continue

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 
 import typer
@@ -40,6 +41,15 @@ def _parse_workers(workers: str) -> int:
     return n
 
 
+def _parse_threads(threads: str) -> int | None:
+    """``auto``: None, the engine's rule (vcache.extract.options.torch_threads); else a count >= 1."""
+    if threads == "auto":
+        return None
+    if not threads.isdigit() or int(threads) < 1:
+        raise typer.BadParameter(f"--torch-threads {threads!r}: auto or a number >= 1")
+    return int(threads)
+
+
 @app.command("extract")
 def extract_cmd(
     videos: Path = typer.Argument(
@@ -49,7 +59,8 @@ def extract_cmd(
         ...,
         "--out",
         "-o",
-        help="Store to write: a Zarr folder, or a URL such as s3://bucket/train.zarr. Rerunning resumes it.",
+        help="Store to write: a Zarr folder, or a URL such as s3://bucket/train.zarr (with several "
+        "backbones: the folder or URL prefix of their stores). Rerunning resumes it.",
     ),
     fmt: str = typer.Option(
         "folder",
@@ -68,7 +79,9 @@ def extract_cmd(
     backbone: str = typer.Option(
         "r3d_18",
         help="Registry name (see `vcache backbones`), hf:<model id or folder> for a Hugging Face video or "
-        "image model (docs/models.md), or package.module:factory for your own model.",
+        "image model (docs/models.md), or package.module:factory for your own model. Several, comma "
+        "separated (a,b,c): one decode of each video feeds them all and --out is a folder holding one "
+        "<name>.zarr per backbone.",
     ),
     checkpoint: Path | None = typer.Option(
         None, help="Weights to load (torchvision-style or vcache checkpoint)."
@@ -77,18 +90,13 @@ def extract_cmd(
     mode: str = typer.Option(
         "train",
         help="train: K random augmented crops per video; eval: uniform clips x crops; pairs: STiCA's pairs "
-        "of large crops sharing a time extent (default 32-frame clips, or the clips a `pretrain stica` "
-        "checkpoint was trained on; use with --feature-maps); dense: every window of the whole video "
-        "with its start/end in seconds (temporal localization; --window-step, --spatial). Default: train.",
+        "of large crops sharing a time extent (32-frame clips, or a `pretrain stica` checkpoint's; with "
+        "--feature-maps); dense: every window, start/end seconds (--window-step, --spatial). Default: train.",
     ),
-    window_step: int | None = typer.Option(
-        None,
-        "--window-step",
-        help="Dense mode: frames between window starts [default: one clip span, frames x stride].",
+    window_step: int = typer.Option(
+        0, help="Dense: frames between window starts (0: frames x stride). Default: 0."
     ),
-    spatial: int = typer.Option(
-        1, help="Dense mode: crops per window, 1 (centre) or 3 (left/centre/right). Default: 1."
-    ),
+    spatial: int = typer.Option(1, help="Dense: crops per window, 1 (centre) or 3 (l/c/r). Default: 1."),
     pairs: int = typer.Option(4, help="Pairs per video in pairs mode (STiCA)."),
     crops: int = typer.Option(16, help="Crops per video in train mode (SCALE caches 16)."),
     layout: str = typer.Option(
@@ -124,6 +132,23 @@ def extract_cmd(
     ),
     device: str = typer.Option("auto", help="auto (CUDA when there is one), cpu or cuda[:N]."),
     amp: bool = typer.Option(True, "--amp/--no-amp", help="Mixed precision on CUDA."),
+    transport: str = typer.Option(
+        "shm", help="How crops cross from the decoding processes: shm (shared memory) or pipe."
+    ),
+    torch_threads: str = typer.Option(
+        "auto", help="CPU forward threads: auto (the cores the decoding processes leave, at least 1) or N."
+    ),
+    overlap: str = typer.Option(
+        "auto",
+        help="Assemble the next batch while the current one runs: auto (on CUDA only; on 2 CPU cores it did "
+        "not help), on or off.",
+    ),
+    channels_last: bool = typer.Option(
+        False, "--channels-last", help="Channels-last memory for the backbone and its clips [default: off]."
+    ),
+    compile_: bool = typer.Option(
+        False, "--compile", help="torch.compile the backbone (minutes to compile) [default: off]."
+    ),
     fp32: bool = typer.Option(False, "--fp32", help="Store features as float32 instead of float16."),
     videos_per_shard: int = typer.Option(64, help="Videos per store shard (the unit written and resumed)."),
     overwrite: bool = typer.Option(False, help="Delete an existing store at --out and start again."),
@@ -160,16 +185,15 @@ def extract_cmd(
 
     from vcache.data.crops import CropSettings, parse_layout
     from vcache.data.datasets import ManifestError, load_manifest
-    from vcache.extract import ExtractOptions, extract
+    from vcache.extract import ExtractOptions
+    from vcache.extract.engine import extract_many
     from vcache.models import build_backbone
     from vcache.store import StoreError
 
     if mode not in ("train", "eval", "pairs", "dense"):
         raise typer.BadParameter(f"--mode {mode!r}: choose train, eval, pairs or dense")
-    if spatial not in (1, 3):
-        raise typer.BadParameter(f"--spatial {spatial}: choose 1 or 3")
-    if window_step is not None and window_step < 1:
-        raise typer.BadParameter(f"--window-step {window_step}: must be at least 1 frame")
+    if spatial not in (1, 3) or window_step < 0:
+        raise typer.BadParameter(f"--spatial {spatial} (1 or 3) or --window-step {window_step} (>= 0 frames)")
     if mode == "pairs" and clip_frames is None and not _stica_checkpoint(checkpoint):
         clip_frames = 32  # STiCA Sec. 4.2 uses 30; 32 give R(2+1)D-18 a 4 x 7 x 7 map at 112 px
     if mode == "eval":
@@ -177,6 +201,10 @@ def extract_cmd(
             parse_layout(layout)
         except ValueError as e:
             raise typer.BadParameter(str(e)) from None
+    if transport not in ("shm", "pipe"):
+        raise typer.BadParameter(f"--transport {transport!r}: choose shm or pipe")
+    if overlap not in ("auto", "on", "off"):
+        raise typer.BadParameter(f"--overlap {overlap!r}: choose auto, on or off")
     if pool not in (None, "avg", "max", "cls", "pooler"):
         raise typer.BadParameter(f"--pool {pool!r}: choose avg, max, cls or pooler")
     if not videos.is_dir():
@@ -187,37 +215,41 @@ def extract_cmd(
         manifest = load_manifest(fmt, videos, annotations, split=split, subset=subset)
     except ManifestError as e:
         fail(str(e))
-    torch.manual_seed(init_seed)  # a random-init backbone is the same in every process and rerun
-    try:
-        model = build_backbone(backbone, checkpoint=str(checkpoint) if checkpoint else None, pool=pool)
-    except (ValueError, KeyError, ImportError, RuntimeError) as e:
-        fail(f"backbone {backbone!r}: {e}")
-    pre = model.preprocessing
-    if checkpoint is None and model.checkpoint is None and ":" not in backbone:
-        console.print(
-            f"[yellow]note:[/] {backbone} has random weights (init seed {init_seed}): features of an "
-            "untrained network, not of a pretrained one; --checkpoint loads trained weights"
+    specs = [b.strip() for b in backbone.split(",")]
+    if "" in specs or len(set(specs)) < len(specs):
+        raise typer.BadParameter(f"--backbone {backbone!r}: names separated by commas, each once")
+    if checkpoint is not None and len(specs) > 1:
+        raise typer.BadParameter("--checkpoint with several backbones: extract each checkpoint on its own")
+    if mode == "dense" and len(specs) > 1:
+        raise typer.BadParameter("--mode dense takes one backbone a run: extract each backbone on its own")
+    outputs = []
+    for spec in specs:
+        torch.manual_seed(init_seed)  # a random-init backbone is the same in every process and rerun
+        try:
+            model = build_backbone(spec, checkpoint=str(checkpoint) if checkpoint else None, pool=pool)
+        except (ValueError, KeyError, ImportError, RuntimeError) as e:
+            fail(f"backbone {spec!r}: {e}")
+        _notes(spec, model, checkpoint, init_seed)
+        pre = model.preprocessing
+        settings = CropSettings(
+            mode=mode,
+            clip_frames=clip_frames or pre.clip_frames,
+            frame_stride=frame_stride or pre.frame_stride,
+            input_size=input_size or pre.input_size,
+            resize_short=round((input_size or pre.input_size) * pre.resize_short / pre.input_size),
+            crops_per_video=crops,
+            layout=layout,
+            window_step=window_step,
+            spatial=spatial,
+            pairs=pairs,
+            seed=seed,
+            flip=flip,
         )
-    if getattr(model, "preprocessing_declared", True) is False:
-        console.print(
-            f"[yellow]note:[/] {backbone} declares no preprocessing: Kinetics mean/std, "
-            f"{pre.input_size} px, {pre.clip_frames} frames at stride {pre.frame_stride} (docs/models.md)"
-        )
+        store = out if len(specs) == 1 else f"{out.rstrip('/')}/{store_name(spec)}.zarr"
+        outputs.append((store, model, settings))
+    if len({o[0] for o in outputs}) < len(outputs):
+        raise typer.BadParameter(f"--backbone {backbone!r}: two backbones would share one store name")
     families = _class_families(videos, annotations)
-    settings = CropSettings(
-        mode=mode,
-        clip_frames=clip_frames or pre.clip_frames,
-        frame_stride=frame_stride or pre.frame_stride,
-        input_size=input_size or pre.input_size,
-        resize_short=round((input_size or pre.input_size) * pre.resize_short / pre.input_size),
-        crops_per_video=crops,
-        layout=layout,
-        window_step=window_step or 0,
-        spatial=spatial,
-        pairs=pairs,
-        seed=seed,
-        flip=flip,
-    )
     opts = ExtractOptions(
         class_families=families,
         init_seed=None if checkpoint else init_seed,
@@ -227,6 +259,11 @@ def extract_cmd(
         max_decode_errors=max_decode_errors,
         device=device,
         amp=amp,
+        shared_memory=transport == "shm",
+        torch_threads=_parse_threads(torch_threads),
+        overlap={"auto": None, "on": True, "off": False}[overlap],
+        channels_last=channels_last,
+        compile=compile_,
         feature_maps=feature_maps,
         feature_dtype="float32" if fp32 else "float16",
         videos_per_shard=videos_per_shard,
@@ -247,7 +284,7 @@ def extract_cmd(
 
     try:
         with ExtractProgress(quiet=quiet, clips_per_video=settings.k) as prog:
-            report = extract(manifest, out, model, settings, opts, progress=prog)
+            reports = extract_many(manifest, outputs, opts, progress=prog)
     except (StoreError, StoreLocked, ValueError, WorkerStartError) as e:
         fail(str(e))
     except OSError as e:  # object storage's errors carry the whole HTTP exchange: its first line says it
@@ -260,10 +297,35 @@ def extract_cmd(
             f"object storage refused {out}: {type(e).__name__}: {first}. Check the bucket and the AWS_* "
             "variables, then rerun the same command to resume"
         )
-    _print_report(report, quiet)
-    if checkpoint is None and model.checkpoint is None and ":" not in backbone:
-        console.print(f"weights: random init (seed {init_seed})")
-    raise typer.Exit(report.exit_code)
+    for report, spec, (_, model, _) in zip(reports, specs, outputs, strict=True):
+        _print_report(report, quiet)
+        if checkpoint is None and model.checkpoint is None and ":" not in spec:
+            console.print(f"weights: random init (seed {init_seed})")
+    raise typer.Exit(max(r.exit_code for r in reports))  # 143 / 130 (stopped) > 4 > 3 > 0
+
+
+def store_name(spec: str) -> str:
+    """The store's name for one of several backbones: hf:<folder> gives hf-<folder name>, hf:<org/name>
+    gives hf-org--name, package.module:factory gives package.module-factory; other characters outside
+    letters, digits, '.', '_' and '-' become '_'."""
+    if spec.startswith("hf:"):
+        ref = spec[3:].rstrip("/")
+        spec = "hf-" + (Path(ref).name if Path(ref).is_dir() else ref.replace("/", "--"))
+    return re.sub(r"[^A-Za-z0-9._-]", "_", spec.replace(":", "-"))
+
+
+def _notes(spec: str, model, checkpoint: Path | None, init_seed: int) -> None:
+    pre = model.preprocessing
+    if checkpoint is None and model.checkpoint is None and ":" not in spec:
+        console.print(
+            f"[yellow]note:[/] {spec} has random weights (init seed {init_seed}): features of an "
+            "untrained network, not of a pretrained one; --checkpoint loads trained weights"
+        )
+    if getattr(model, "preprocessing_declared", True) is False:
+        console.print(
+            f"[yellow]note:[/] {spec} declares no preprocessing: Kinetics mean/std, "
+            f"{pre.input_size} px, {pre.clip_frames} frames at stride {pre.frame_stride} (docs/models.md)"
+        )
 
 
 def _stica_checkpoint(checkpoint: Path | None) -> bool:
@@ -303,7 +365,8 @@ def _print_report(report, quiet: bool) -> None:
         f"{report.pending} pending; this run {report.processed_now} videos, {report.clips} clips "
         f"in {report.seconds:.1f} s ({rate:.1f} clips/s; forward {t.get('forward', 0):.1f} s, "
         f"waiting for decode {t.get('decode_wait', 0):.1f} s, store writes {t.get('write', 0):.2f} s; "
-        f"start-up {t.get('startup', 0):.1f} s, steady state {t.get('steady', 0):.1f} s)"
+        f"start-up {t.get('startup', 0):.1f} s, steady state {t.get('steady', 0):.1f} s; crops via "
+        f"{report.transport}, {t.get('torch_threads', 0):.0f} torch threads)"
     )
     for shard, why in sorted(report.repaired.items()):
         console.print(f"repaired shard {shard}: {why}", soft_wrap=True, markup=False)

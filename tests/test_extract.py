@@ -218,7 +218,7 @@ def test_fp32_maps_stay_fp32_and_the_compute_path_is_recorded(tiny_dataset, narr
     maps = st.group["crops/maps"][:]
     assert maps.dtype == np.float32
     assert (maps != maps.astype(np.float16).astype(np.float32)).any()  # not rounded to fp16 on the way
-    assert st.attrs["compute"] == {"device": "cpu", "amp": False}
+    assert st.attrs["compute"] == {"device": "cpu", "amp": False, "channels_last": False, "compile": False}
     # a store computed under CUDA autocast is not resumed with another precision
     st = open_store(out, mode="r+")
     st.update_attrs(compute={"device": "cuda", "amp": True})

@@ -121,3 +121,23 @@ def test_sigterm_under_torchrun_keeps_each_ranks_finished_videos(twelve, tmp_pat
     ref = tmp_path / "ref.zarr"
     _run(*_args(twelve, ref))
     _same(out, ref)
+
+
+def test_retry_failed_redoes_only_the_failed_videos(twelve, tmp_path):
+    """--retry-failed makes a shard's failed videos pending again; the run redoes those, not the shard."""
+    import shutil
+
+    root = tmp_path / "videos"
+    shutil.copytree(twelve, root)
+    broken = root / "alpha" / "alpha_1.mp4"
+    good = broken.read_bytes()
+    broken.write_bytes(b"not a video")
+    out = tmp_path / "st.zarr"
+    r = _run(*_args(root, out), check=False)
+    assert r.returncode == 3 and (open_store(out).status() == FAILED).sum() == 1
+    broken.write_bytes(good)
+    again = _run(*_args(root, out), "--retry-failed")
+    assert "this run 1 videos" in " ".join((again.stdout + again.stderr).split())
+    ref = tmp_path / "ref.zarr"
+    _run(*_args(twelve, ref))
+    _same(out, ref)

@@ -12,6 +12,7 @@ Rank 0 (or the first part to arrive) creates the store; the others wait for it.
 
 from __future__ import annotations
 
+import os
 import shutil
 import time
 from collections.abc import Callable
@@ -22,6 +23,8 @@ import numpy as np
 import torch
 
 from vcache.data.crops import CropSettings, dense_windows, segment_windows
+from vcache.extract.fanout import Fanout
+from vcache.extract.forward import BatchRunner
 from vcache.extract.options import (
     EXIT_OK,
     EXIT_SOME_FAILED,
@@ -32,20 +35,47 @@ from vcache.extract.options import (
     torch_threads,
 )
 from vcache.extract.output import ShardBuffer, VideoTrack, clean_leftovers, open_or_create, store_attrs
-from vcache.extract.ranks import Dist, dist_rank_world
 from vcache.extract.stop import EXIT_CODES, GracefulStop
-from vcache.extract.workers import DecodePool, DecodeResult, DecodeTask, crop_shape
+from vcache.extract.workers import DecodeResult, DecodeTask
 from vcache.models import VideoBackbone
 from vcache.runtime.devices import resolve_device, use_device
-from vcache.store import (
-    DONE,
-    FAILED,
-    PENDING,
-    Reason,
-)
+from vcache.store import DONE, FAILED, PENDING, FeatureStore, Reason
 from vcache.store.location import Remote, location
 from vcache.store.lock import StoreLocked, claims_for, new_run_id, open_lock
-from vcache.store.verify import damaged_shards, mark_for_repair, reset_failed
+from vcache.store.verify import damaged_shards, mark_for_repair
+
+
+def dist_rank_world() -> tuple[int, int]:
+    """This process's share under torchrun (RANK, WORLD_SIZE), else (0, 1)."""
+    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+
+
+class _Dist:
+    """torchrun's process group (gloo: extraction only needs barriers and one broadcast). ``timeout_s``
+    bounds the first barrier, where ranks wait for rank 0 to delete (--overwrite) or create the store;
+    the last one comes after every rank saw no live claim left, so it is short."""
+
+    def __init__(self, world: int, timeout_s: float):
+        self.active = world > 1 and "MASTER_ADDR" in os.environ
+        if self.active:
+            import datetime
+
+            import torch.distributed as dist
+
+            if not dist.is_initialized():
+                dist.init_process_group("gloo", timeout=datetime.timedelta(seconds=timeout_s))
+            self.dist = dist
+
+    def barrier(self) -> None:
+        if self.active:
+            self.dist.barrier()
+
+    def broadcast(self, obj: Any) -> Any:
+        if not self.active:
+            return obj
+        box = [obj]
+        self.dist.broadcast_object_list(box, src=0)
+        return box[0]
 
 
 def extract(
@@ -61,10 +91,24 @@ def extract(
     `progress(event, info)` is called with event "start" (info: total, done), "video" (info: clips,
     failed) and "shard"; the CLI draws its progress bar from it.
     """
+    return extract_many(manifest, [(out, backbone, settings)], opts, progress)[0]
+
+
+def extract_many(
+    manifest: Any,
+    outputs: list[tuple[str | Path, VideoBackbone, CropSettings]],
+    opts: ExtractOptions,
+    progress: Callable[[str, dict[str, Any]], None] | None = None,
+) -> list[ExtractReport]:
+    """Several backbones from one decode of each video: `outputs` are (store, backbone, crop settings),
+    one report each (vcache.extract.fanout). With one output this is :func:`extract`. Progress counts a
+    video once per store."""
     t_start = time.perf_counter()
-    out = location(out)  # a Path, or a Remote for a URL (s3://...)
+    outs = [location(o) for o, _, _ in outputs]  # a Path, or a Remote for a URL (s3://...)
+    if len({str(o) for o in outs}) < len(outs):
+        raise ValueError("two backbones of one run would write the same store")
     rank, world = dist_rank_world()
-    dist = Dist(world, opts.barrier_timeout_s)
+    dist = _Dist(world, opts.barrier_timeout_s)
     if opts.part is not None:
         if world > 1:
             raise ValueError("--part cannot be combined with torchrun (each rank already takes a share)")
@@ -73,48 +117,75 @@ def extract(
         rank, world = opts.part
     device = resolve_device(opts.device)
     use_device(device)  # CUDA: this rank's GPU is the current one (caches, streams, AMP)
-    backbone = backbone.to(device).eval()
-    map_shape = backbone.map_shape(settings.clip_frames, settings.input_size) if opts.feature_maps else None
-    attrs = store_attrs(backbone, settings, manifest, opts, map_shape, device.type)
-    args = (out, list(manifest.paths), list(manifest.labels), settings.k, backbone.feature_dim, attrs, opts)
+    specs = []  # (backbone, settings, map_shape, open_or_create's arguments) per output
+    for out, (_, backbone, settings) in zip(outs, outputs, strict=True):
+        backbone = backbone.to(device).eval()
+        map_shape = None
+        if opts.feature_maps:
+            map_shape = backbone.map_shape(settings.clip_frames, settings.input_size)
+        attrs = store_attrs(backbone, settings, manifest, opts, map_shape, device.type)
+        paths, labels = list(manifest.paths), list(manifest.labels)
+        args = (out, paths, labels, settings.k, backbone.feature_dim, attrs, opts, map_shape)
+        specs.append((backbone, settings, map_shape, args))
     run_id = dist.broadcast(opts.run_id or new_run_id())
     first = rank == 0 or not dist.active
-    if first and opts.overwrite and (isinstance(out, Remote) or out.exists()):
-        _check_unlocked(out, run_id)  # never delete a store that a live run is writing
-        out.delete_all() if isinstance(out, Remote) else shutil.rmtree(out)
-    store = lock = None
-    if first:  # torchrun: rank 0 alone, before the others start writing
-        store = open_or_create(*args, map_shape)
-        lock = open_lock(out, (rank, world), run_id, store.n_shards)
-        lock.acquire()
+    if first and opts.overwrite:
+        doomed = [o for o in outs if isinstance(o, Remote) or o.exists()]
+        for out in doomed:  # never delete a store that a live run is writing (checked before any goes)
+            _check_unlocked(out, run_id)
+        for out in doomed:
+            out.delete_all() if isinstance(out, Remote) else shutil.rmtree(out)
+    stores: list[FeatureStore] = []
+    locks: list = []
+
+    def open_all() -> None:
+        for _, _, _, args in specs:
+            stores.append(open_or_create(*args))
+            lock = open_lock(args[0], (rank, world), run_id, stores[-1].n_shards)
+            lock.acquire()  # refused: not in `locks`, so the finally below never removes the holder's lock
+            locks.append(lock)
+
     try:
-        cleaned = clean_leftovers(out, lock) if first else 0
-        repaired = damaged_shards(store) if first and opts.repair else {}
-        if repaired:
-            mark_for_repair(store, sorted(repaired))
+        cleaned, repaired = [0] * len(outs), [{} for _ in outs]
+        if first:  # torchrun: rank 0 alone, before the others start writing
+            open_all()
+            cleaned = [clean_leftovers(o, lk) for o, lk in zip(outs, locks, strict=True)]
+            if opts.repair:
+                repaired = [damaged_shards(st) for st in stores]
+            for st, rep in zip(stores, repaired, strict=True):
+                if rep:
+                    mark_for_repair(st, sorted(rep))
         dist.barrier()
-        if store is None:
-            store = open_or_create(*args, map_shape)
-            lock = open_lock(out, (rank, world), run_id, store.n_shards)
-            lock.acquire()
-        job = _Job(store, manifest, backbone, settings, opts, device, map_shape)
-        job.cleaned, job.repaired, job.t_start = cleaned, repaired, t_start
+        if not stores:
+            open_all()
+        if len({st.n_shards for st in stores}) > 1:
+            raise ValueError("every store of one run must have the same shards (same --videos-per-shard)")
+        stop = GracefulStop(announce=first)
+        jobs = []
+        for i, (backbone, settings, map_shape, _) in enumerate(specs):
+            job = _Job(stores[i], manifest, backbone, settings, opts, device, map_shape)
+            job.cleaned, job.repaired, job.t_start, job.stop = cleaned[i], repaired[i], t_start, stop
+            jobs.append(job)
+        fan = Fanout(jobs, opts)
         threads = torch.get_num_threads()
         if device.type == "cpu":
             torch.set_num_threads(torch_threads(opts))
         try:
-            with GracefulStop(announce=first) as job.stop:
-                job.run(rank, world, progress, claims_for(lock))
+            with stop:
+                fan.run(rank, world, progress, [claims_for(lk) for lk in locks])
         finally:
-            job.timings["torch_threads"] = torch.get_num_threads()
+            for job in jobs:
+                job.runner.close()
+                job.timings["torch_threads"] = torch.get_num_threads()
             torch.set_num_threads(threads)
-        if dist.active and not job.stop.requested:
-            job.wait_for_claims()
+        if dist.active and not stop.requested:
+            for job in jobs:
+                job.wait_for_claims()
     finally:
-        if lock is not None:
+        for lock in locks:
             lock.release()
     dist.barrier()  # under torchrun, report on the whole store once every rank is finished
-    return job.report(t_start)
+    return [job.report(t_start) for job in jobs]
 
 
 def _check_unlocked(out, run_id: str) -> None:
@@ -128,9 +199,6 @@ def _check_unlocked(out, run_id: str) -> None:
             )
 
 
-_WAIT = -1  # from the claim generator: no new shard until a claimed one is written
-
-
 class _Job:
     """One process's share of an extraction: decode in workers, batch crops across videos, write shards."""
 
@@ -139,12 +207,10 @@ class _Job:
         self.device, self.map_shape = device, map_shape
         self.root = Path(manifest.root)
         self.paths = store.paths()
-        pre = backbone.preprocessing
-        self.mean = torch.tensor(pre.mean, device=device).view(1, 3, 1, 1, 1) * 255
-        self.std = torch.tensor(pre.std, device=device).view(1, 3, 1, 1, 1) * 255
-        self.use_amp = opts.amp and device.type == "cuda"
         # maps cross to the host in the store's dtype (--fp32 must not round them to float16 on the way)
-        self.map_dtype = torch.float32 if opts.feature_dtype == "float32" else torch.float16
+        map_dtype = torch.float32 if opts.feature_dtype == "float32" else torch.float16
+        self.runner = BatchRunner(backbone, device, opts, map_shape, map_dtype)
+        self.inflight = None  # a launched batch not yet collected (overlap)
         self.timings = {"decode_wait": 0.0, "forward": 0.0, "write": 0.0, "worker_decode": 0.0}
         self.failures: list[tuple[str, str]] = []
         self.warnings: list[tuple[str, str]] = []
@@ -160,9 +226,8 @@ class _Job:
         self.repaired: dict[int, str] = {}
         self.open_shards: set[int] = set()  # claimed, not yet written
         self.claims = None  # ShardClaims or RemoteClaims
-        self.pool: DecodePool | None = None
+        self.pool: Fanout | None = None  # gives a video's slot back once every backbone has its crops
         self.transport = ""
-        self.host: torch.Tensor | None = None  # the uint8 batch before the forward pass (see _forward)
         self.stop = GracefulStop(announce=False)  # extract() installs the signal handlers
         self.t_start = time.perf_counter()
 
@@ -170,96 +235,10 @@ class _Job:
         vids = self.store.shard_videos(s)
         return bool((self.store.group["videos/status"][vids.start : vids.stop] == PENDING).any())
 
-    def _claimed_videos(self, rank: int, world: int):
-        """Videos of the shards this process claims, claimed lazily as decoding needs work: its own share
-        (s % world == rank) first, then any pending shard no live process holds. At most two claimed
-        shards wait unwritten, so leftovers spread over every process instead of the first one there."""
-        n = self.store.n_shards
-        order = [s for s in range(n) if s % world == rank] + [s for s in range(n) if s % world != rank]
-        for s in order:
-            if not self._pending(s):
-                continue
-            while len(self.open_shards) >= 2:
-                yield _WAIT  # let the claimed shards be written first
-            if not self.claims.claim(s):
-                continue
-            if not self._pending(s):  # written by another process between the check and the claim
-                self.claims.release(s)
-                continue
-            self.open_shards.add(s)
-            self.buffers[s] = ShardBuffer(self.store, s, self.map_shape)
-            for v in self.buffers[s].preload(self.store, s):  # a stopped run's finished videos are kept
-                self.shard_of[v] = s
-                yield v
-
     def wait_for_claims(self, poll_s: float = 0.5) -> None:
         """torchrun: wait until no live process holds a claim, so the last barrier is short."""
         while self.claims.live():
             time.sleep(poll_s)
-
-    def run(self, rank: int, world: int, progress, claims) -> None:
-        self.progress, self.claims, self.open_shards = progress, claims, set()
-        try:
-            self._run(rank, world)
-        finally:  # a run that stops on an error gives its unwritten shards back at once
-            for s in list(self.open_shards):
-                claims.release(s)
-
-    def _run(self, rank: int, world: int) -> None:
-        store, opts, progress = self.store, self.opts, self.progress
-        if opts.retry_failed:
-            reset_failed(store, rank, world)
-        if progress:
-            done = int((store.status() != PENDING).sum())
-            progress("start", {"total": store.n_videos, "done": done})
-        in_flight_cap = max(2, 2 * opts.workers + 1)
-        k = self.settings.slot_crops
-        # slots: one per video in flight, plus the videos whose crops wait in an unfinished batch
-        n_slots = in_flight_cap + -(-(opts.batch_size - 1) // k) + 1 if opts.shared_memory else 0
-        self.t_pool = time.perf_counter()
-        with DecodePool(opts.workers, opts.timeout_s, crop_shape(self.settings), n_slots) as pool:
-            self.pool = pool
-            self.transport = pool.transport if opts.workers > 0 else "in process"
-            queue = self._claimed_videos(rank, world)
-            exhausted = False
-            while not self.stop.requested:
-                waiting = False
-                while not exhausted and pool.pending() < in_flight_cap:
-                    v = next(queue, None)
-                    if v is None:
-                        exhausted = True
-                        break
-                    if v == _WAIT:
-                        waiting = True
-                        break
-                    path = self.paths[v]
-                    task = DecodeTask(v, str(self.root / path), path, self.settings, opts.max_decode_errors)
-                    pool.submit(task)
-                if pool.pending() == 0:
-                    if waiting:  # every claimed video is decoded: run the backbone, write, claim again
-                        self._forward()
-                        continue
-                    break
-                t0 = time.perf_counter()
-                results = pool.get(block=True, timeout=0.5)  # wakes to notice a stop request
-                self.timings["decode_wait"] += time.perf_counter() - t0
-                for res in results:
-                    self._take(res)
-            if self.stop.requested:  # take what is decoded already; the rest of the queue stays pending
-                for res in pool.get(block=False):
-                    self._take(res)
-            self._forward()
-            if self.stop.requested:  # the finished videos of each open shard, the rest stay pending
-                for s in sorted(self.buffers):
-                    self._write(s)
-        # start-up: store, locks, claims, worker spawn and imports, until every first worker is ready
-        ready = pool.ready_at if opts.workers > 0 and pool.ready_at is not None else self.t_pool
-        self.timings["startup"] = ready - self.t_start
-        self.timings["startup_workers"] = ready - self.t_pool
-        if self.buffers and not self.stop.requested:  # a shard lost a video: never write it half-done
-            raise RuntimeError(
-                f"internal error: shards {sorted(self.buffers)} incomplete at the end of the run"
-            )
 
     def _take(self, res: DecodeResult) -> None:
         """A decoded video (or dense segment): queue its crops for the backbone. A dense video's first
@@ -309,35 +288,38 @@ class _Job:
             self.pool.submit(task)
         return len(range(seg, n_win, seg))
 
-    def _forward(self) -> None:
-        if not self.batch:
-            return
-        t0 = time.perf_counter()
-        parts = [c for _, _, c, _, _ in self.batch]
-        n, shape = sum(len(c) for c in parts), parts[0].shape[1:]
-        if self.host is None or self.host.shape[1:] != shape or len(self.host) < n:
-            # one reused batch buffer, page-locked on CUDA for an async copy (free again after .cpu() below)
-            pin = self.device.type == "cuda"
-            self.host = torch.empty((max(n, self.opts.batch_size), *shape), dtype=torch.uint8, pin_memory=pin)
-        np.concatenate(parts, out=self.host[:n].numpy())
-        x = self.host[:n].to(self.device, non_blocking=True)
-        x = (x.permute(0, 4, 1, 2, 3).float() - self.mean) / self.std  # (B, T, S, S, 3) -> (B, 3, T, S, S)
-        with torch.inference_mode(), torch.autocast(self.device.type, enabled=self.use_amp):
-            pooled, fmap = self.backbone(x)
-        pooled = pooled.float().cpu().numpy()
-        fmaps = fmap.to(self.map_dtype).cpu().numpy() if self.map_shape else None
-        self.timings["forward"] += time.perf_counter() - t0
+    def _forward(self, flush: bool = False) -> None:
+        """Start the batch in hand, then collect the batch before it: with overlap (vcache.extract.forward)
+        a batch is collected only once the next one runs, or when `flush` asks for everything now."""
+        launched = None
+        if self.batch:
+            t0 = time.perf_counter()
+            handle = self.runner.launch([c for _, _, c, _, _ in self.batch])
+            for *_, res, last in self.batch:
+                if last:
+                    self.pool.release(res.slot)  # its crops are in the host buffer now
+            batch, self.batch, self.batch_n = [(v, r, len(c)) for v, r, c, _, _ in self.batch], [], 0
+            launched = (handle, batch)
+            self.timings["forward"] += time.perf_counter() - t0
+        if self.inflight is not None:
+            self._collect(*self.inflight)
+            self.inflight = None
+        if launched is not None:
+            if self.runner.overlap and not flush:
+                self.inflight = launched
+            else:
+                self._collect(*launched)
+
+    def _collect(self, handle, batch: list[tuple[int, int, int]]) -> None:
+        pooled, fmaps, waited = self.runner.result(handle)
+        self.timings["forward"] += waited
         row = 0
-        batch, self.batch, self.batch_n = self.batch, [], 0
-        for v, r0, crops, res, last in batch:
-            n = len(crops)
+        for v, r0, n in batch:
             rows = self.buffers[self.shard_of[v]].rows[v]
             rows["features"][r0 : r0 + n] = pooled[row : row + n]
             if fmaps is not None:
                 rows["maps"][r0 : r0 + n] = fmaps[row : row + n]
             row += n
-            if last:
-                self.pool.release(res.slot)  # its crops are in x now
             self.tracks[v].queued -= n
             self._maybe_finish(v)
         self.clips += row

@@ -22,6 +22,9 @@ class ExtractOptions:
     device: str = "auto"
     torch_threads: int | None = None  # CPU forward threads; None: the cores left to the workers, >= 1
     amp: bool = True  # autocast on CUDA
+    overlap: bool | None = None  # launch the next batch before collecting this one; None: on CUDA only
+    channels_last: bool = False  # parameters and clips in channels-last memory (vcache.extract.forward)
+    compile: bool | str = False  # torch.compile the backbone's forward (True: inductor; or a backend name)
     feature_maps: bool = False
     feature_dtype: str = "float16"
     videos_per_shard: int = 64

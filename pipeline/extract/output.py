@@ -52,7 +52,12 @@ def store_attrs(
         "class_families": opts.class_families,
         "video_root": str(Path(manifest.root).resolve()),
         "feature_maps": bool(opts.feature_maps),
-        "compute": {"device": device_type, "amp": bool(opts.amp and device_type == "cuda")},
+        "compute": {
+            "device": device_type,
+            "amp": bool(opts.amp and device_type == "cuda"),
+            "channels_last": bool(opts.channels_last),
+            "compile": opts.compile if isinstance(opts.compile, str) else bool(opts.compile),
+        },
         "vcache_version": vcache.__version__,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "created_on": socket.gethostname(),

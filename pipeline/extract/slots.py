@@ -118,3 +118,17 @@ class Attached:
         if seg is None:
             seg = self._open[name] = shared_memory.SharedMemory(name=name)
         return np.ndarray(shape, dtype=np.uint8, buffer=seg.buf)
+
+
+def slot_bytes(shapes: list[tuple[int, ...]]) -> int:
+    return sum(int(np.prod(sh)) for sh in shapes)
+
+
+def split_crops(flat: np.ndarray, shapes: list[tuple[int, ...]]) -> list[np.ndarray]:
+    """Views of each crop set in a flat buffer (slot_shape's layout: the sets one after another)."""
+    views, at = [], 0
+    for sh in shapes:
+        n = int(np.prod(sh))
+        views.append(flat[at : at + n].reshape(sh))
+        at += n
+    return views

@@ -27,135 +27,19 @@ import sys
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
 
-import numpy as np
-
-from vcache.data.crops import (
-    CropSettings,
-    cut,
-    decode_size,
-    dense_crops,
-    dense_windows,
-    sample_crops,
-    segment_windows,
+from vcache.data.records import FAILED, Reason, VideoMeta
+from vcache.extract.decode import (  # noqa: F401  (re-exported: the decoding side of a worker)
+    DecodeResult,
+    DecodeTask,
+    crop_shape,
+    decode_task,
+    row_times,
+    slot_shape,
+    split_crops,
 )
-from vcache.data.records import DONE, FAILED, Reason, VideoMeta
-from vcache.data.video import VideoError, VideoInfo, capture_stderr, decode_frames, probe, warnings_for
 from vcache.extract.slots import Attached, make_slots
-
-
-@dataclass
-class DecodeTask:
-    index: int  # row of the video in the store
-    path: str  # file to open
-    key: str  # the video's relative path: seeds its crops
-    settings: CropSettings
-    max_decode_errors: int | None = None  # more decoder messages than this: the video fails
-    windows: tuple[int, int] | None = None  # dense mode: the windows of this segment (first, stop)
-    info: VideoInfo | None = None  # dense mode, segments after the first: the probe, not repeated
-
-
-@dataclass
-class DecodeResult:
-    index: int
-    meta: VideoMeta
-    crops: np.ndarray | None = None  # (K, T, S, S, 3) uint8
-    boxes: np.ndarray | None = None  # (K, 6) float32
-    flips: np.ndarray | None = None  # (K,) bool
-    seconds: float = 0.0
-    timings: dict = field(default_factory=dict)
-    info: VideoInfo | None = None  # the probe, until the warnings are made (not sent back)
-    notes: list[str] = field(default_factory=list)
-    in_slot: bool = False  # the crops were written into the task's shared-memory slot (crops is None)
-    slot: int | None = None  # in the parent: the slot that holds the crops, until DecodePool.release
-    times: np.ndarray | None = None  # (rows, 2) start/end seconds; a dense first segment: the whole video's
-    first_row: int = 0  # dense mode: the video's row of this segment's first crop
-    total_rows: int = 0  # the video's rows (K, or a dense video's windows x spatial crops)
-    probe: VideoInfo | None = None  # a dense first segment: the probe (without times) for the next segments
-
-
-def decode_task(task: DecodeTask, out: np.ndarray | None = None) -> DecodeResult:
-    """Decode one video into its crops. Never raises: a bad video becomes a failed result with a reason.
-    FFmpeg's messages are captured (vcache.data.video.capture_stderr) and become the video's record.
-    `out`: where to write the crops if their shape matches (a shared-memory slot); then `in_slot` is set."""
-    t_start = time.perf_counter()
-    with capture_stderr() as messages:
-        res = _decode(task, out)
-    if res.meta.status == DONE:
-        info, decoded = res.info, res.meta.decoded_frames
-        res.meta.decode_errors = len(messages)
-        res.meta.warning = "; ".join(warnings_for(info, decoded, messages) + res.notes)[:300]
-        limit = task.max_decode_errors
-        if limit is not None and len(messages) > limit:
-            text = f"{len(messages)} decoder errors (over --max-decode-errors {limit}): {res.meta.warning}"
-            meta = VideoMeta(status=FAILED, reason_code=int(Reason.DECODE_ERROR), reason=text[:200])
-            meta.decode_errors, meta.warning = len(messages), res.meta.warning
-            res = DecodeResult(task.index, meta)
-        res.info = None
-    elif messages:
-        res.meta.decode_errors = len(messages)
-    res.seconds = time.perf_counter() - t_start
-    return res
-
-
-def _decode(task: DecodeTask, out: np.ndarray | None = None) -> DecodeResult:
-    s = task.settings
-    try:
-        info = task.info or probe(task.path)
-        first = 0
-        if s.mode == "dense":
-            n_win = dense_windows(s, info.num_frames)
-            first, stop = task.windows or (0, segment_windows(s))
-            crops = dense_crops(s, info.num_frames, info.height, info.width, first, min(stop, n_win))
-            n_rows = n_win * s.spatial
-        else:
-            crops = sample_crops(s, task.key, info.num_frames, info.height, info.width)
-            n_rows = len(crops)
-        dh, dw = decode_size(crops, info.height, info.width, s.input_size)
-        needed = np.unique(np.concatenate([c.frames for c in crops]))
-        notes: list[str] = []
-        frames, decoded = decode_frames(task.path, needed, dh, dw, info.num_frames, notes)
-        shape = (len(crops), s.clip_frames, s.input_size, s.input_size, 3)
-        in_slot = out is not None and out.shape[1:] == shape[1:] and len(out) >= len(crops)
-        out = out[: len(crops)] if in_slot else np.empty(shape, dtype=np.uint8)
-        for i, c in enumerate(crops):
-            clip = np.stack([frames[int(f)] for f in c.frames])
-            out[i] = cut(clip, c.box, c.flip, s.input_size)
-    except VideoError as e:
-        return DecodeResult(task.index, VideoMeta(status=FAILED, reason_code=int(e.code), reason=e.text))
-    except Exception as e:  # anything unexpected still must not stop the run
-        meta = VideoMeta(
-            status=FAILED, reason_code=int(Reason.DECODE_ERROR), reason=f"{type(e).__name__}: {e}"[:200]
-        )
-        return DecodeResult(task.index, meta)
-    meta = VideoMeta(
-        status=DONE,
-        num_frames=info.num_frames,
-        decoded_frames=decoded,
-        fps=info.fps,
-        height=info.height,
-        width=info.width,
-        rotation=info.rotation,
-    )
-    boxes = np.stack([c.box for c in crops]).astype(np.float32)
-    flips = np.array([c.flip for c in crops], dtype=bool)
-    res = DecodeResult(task.index, meta, out, boxes, flips, info=info, notes=notes, in_slot=in_slot)
-    res.total_rows, res.first_row = n_rows, first * s.spatial
-    if task.info is None:  # the first (or only) task of a video: the times of all its rows
-        every = crops if s.mode != "dense" else dense_crops(s, info.num_frames, 1, 1, 0, n_win)
-        t = info.times if info.times is not None else np.full(info.num_frames + 1, np.nan)
-        res.times = np.array([[t[int(c.frames[0])], t[c.span_end]] for c in every], dtype=np.float64)
-        if s.mode == "dense":
-            res.probe = VideoInfo(**{**info.__dict__, "times": None})
-    return res
-
-
-def crop_shape(s: CropSettings) -> tuple[int, int, int, int, int]:
-    """The shape of one video's crops (the size of a shared-memory slot)."""
-    return (s.slot_crops, s.clip_frames, s.input_size, s.input_size, 3)
-
 
 _READY = "ready"
 MAX_START_CRASHES = 3  # workers that die before they are ready, in a row, before the run gives up
@@ -208,7 +92,7 @@ def _worker_main(tasks: Connection, results: Connection, parent_pid: int) -> Non
         if msg is None:
             return
         task, slot_name = msg
-        out = attached.array(slot_name, crop_shape(task.settings)) if slot_name else None
+        out = attached.array(slot_name, slot_shape(task.groups)) if slot_name else None
         res = decode_task(task, out)
         if res.in_slot:
             res.crops = None  # the parent reads them from the slot
