@@ -90,9 +90,13 @@ def extract_cmd(
     mode: str = typer.Option(
         "train",
         help="train: K random augmented crops per video; eval: uniform clips x crops; pairs: STiCA's pairs "
-        "of large crops sharing a time extent (default 32-frame clips, or the clips a `pretrain stica` "
-        "checkpoint was trained on; use with --feature-maps).",
+        "of large crops sharing a time extent (32-frame clips, or a `pretrain stica` checkpoint's; with "
+        "--feature-maps); dense: every window, start/end seconds (--window-step, --spatial). Default: train.",
     ),
+    window_step: int = typer.Option(
+        0, help="Dense: frames between window starts (0: frames x stride). Default: 0."
+    ),
+    spatial: int = typer.Option(1, help="Dense: crops per window, 1 (centre) or 3 (l/c/r). Default: 1."),
     pairs: int = typer.Option(4, help="Pairs per video in pairs mode (STiCA)."),
     crops: int = typer.Option(16, help="Crops per video in train mode (SCALE caches 16)."),
     layout: str = typer.Option(
@@ -186,8 +190,10 @@ def extract_cmd(
     from vcache.models import build_backbone
     from vcache.store import StoreError
 
-    if mode not in ("train", "eval", "pairs"):
-        raise typer.BadParameter(f"--mode {mode!r}: choose train, eval or pairs")
+    if mode not in ("train", "eval", "pairs", "dense"):
+        raise typer.BadParameter(f"--mode {mode!r}: choose train, eval, pairs or dense")
+    if spatial not in (1, 3) or window_step < 0:
+        raise typer.BadParameter(f"--spatial {spatial} (1 or 3) or --window-step {window_step} (>= 0 frames)")
     if mode == "pairs" and clip_frames is None and not _stica_checkpoint(checkpoint):
         clip_frames = 32  # STiCA Sec. 4.2 uses 30; 32 give R(2+1)D-18 a 4 x 7 x 7 map at 112 px
     if mode == "eval":
@@ -214,6 +220,8 @@ def extract_cmd(
         raise typer.BadParameter(f"--backbone {backbone!r}: names separated by commas, each once")
     if checkpoint is not None and len(specs) > 1:
         raise typer.BadParameter("--checkpoint with several backbones: extract each checkpoint on its own")
+    if mode == "dense" and len(specs) > 1:
+        raise typer.BadParameter("--mode dense takes one backbone a run: extract each backbone on its own")
     outputs = []
     for spec in specs:
         torch.manual_seed(init_seed)  # a random-init backbone is the same in every process and rerun
@@ -231,6 +239,8 @@ def extract_cmd(
             resize_short=round((input_size or pre.input_size) * pre.resize_short / pre.input_size),
             crops_per_video=crops,
             layout=layout,
+            window_step=window_step,
+            spatial=spatial,
             pairs=pairs,
             seed=seed,
             flip=flip,

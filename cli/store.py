@@ -40,7 +40,11 @@ def inspect_cmd(
     sm = s["sampling"] or {}
     rows = [
         ("videos", f"{s['videos']}: {s['done']} done, {s['failed']} failed, {s['pending']} pending"),
-        ("crops", f"{s['crops_per_video']} per video, features {s['feature_dim']}-d {s['feature_dtype']}"),
+        (
+            "crops",
+            f"{s['crops_per_video'] or 'a variable number of'} per video, {s['rows']} rows, features "
+            f"{s['feature_dim']}-d {s['feature_dtype']} (schema {s['schema_version']})",
+        ),  # fmt: skip
         ("feature maps", str(s["map_shape"]) if s["map_shape"] else "no"),
         ("shards", f"{s['shards']} of {s['videos_per_shard']} videos"),
         (
@@ -73,12 +77,27 @@ def inspect_cmd(
 @app.command("export")
 def export_cmd(
     store: str = typer.Argument(..., help="A store made by `vcache extract` (a folder or a URL)."),
-    out: Path = typer.Argument(..., help="HDF5 file to write (same array names; attributes as JSON)."),
+    out: Path = typer.Argument(
+        ..., help="h5: the HDF5 file to write; npy: the folder for one .npy per video and windows.csv."
+    ),
+    fmt: str = typer.Option(
+        "h5",
+        "--format",
+        help="h5: every array under its store name plus by_video/<path> groups; npy: OUT/<video path "
+        "without extension>.npy (rows, D) float32 per done video and OUT/windows.csv (video, row, start_s, "
+        "end_s). Default: h5.",
+    ),
 ) -> None:
-    """Write a store's arrays to one HDF5 file (h5py), for tools that do not read Zarr."""
-    from vcache.store import StoreError, export_h5
+    """Write a store's done videos for tools that do not read Zarr: one HDF5 file, or one .npy per video."""
+    from vcache.store import StoreError, export_h5, export_npy
 
+    if fmt not in ("h5", "npy"):
+        fail(f"--format {fmt!r}: choose h5 or npy", code=2)
     try:
+        if fmt == "npy":
+            table, n = export_npy(store, out)
+            console.print(f"wrote {n} videos to {out} ({table.name} lists their rows)")
+            return
         export_h5(store, out)
     except StoreError as e:
         fail(str(e))

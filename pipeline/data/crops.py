@@ -22,7 +22,17 @@ Modes
   temporal extent and differ spatially (independent random-resized-crop boxes and flips). Crop rows 2p and
   2p + 1 are pair p. STiCA's default clip is 32 frames (a 4 x 7 x 7 map from R(2+1)D-18 at 112 px).
 
+- dense: every window of the video (issue 15, for temporal localization): window w starts at frame
+  w * window_step (default one clip span, frames x stride: no overlap and no gap) and spans frames x stride
+  frames; windows go on until one reaches the last frame, so the whole video is covered (the last window's
+  indices past the end are clamped). One centre crop per window as eval mode's 1-crop rule, or 3
+  (left/centre/right) with `spatial=3`; rows are window-major. A video of at most one span gives 1 window.
+  The engine decodes and forwards a long video in segments of `segment_windows` windows.
+
 Videos shorter than a clip: frame indices are clamped to the last frame (it repeats), t1 = 1.
+Each crop also records `span_end`, the frame after the frames it stands for (its last frame + 1; a dense
+window's start + frames x stride, at most N): its time stamps are those of frames `frames[0]` and
+`span_end` (vcache.data.video.VideoInfo.times).
 """
 
 from __future__ import annotations
@@ -46,6 +56,8 @@ class CropSettings:
     crops_per_video: int = 16  # train mode
     layout: str = "5x3"  # eval mode
     pairs: int = 4  # pairs mode
+    window_step: int = 0  # dense mode: frames between window starts (0: one clip span, frames x stride)
+    spatial: int = 1  # dense mode: crops per window (1 centre, 3 left/centre/right)
     seed: int = 0
     flip: bool = True
     area: tuple[float, float] = (0.3, 1.0)
@@ -58,12 +70,23 @@ class CropSettings:
             return t * s
         if self.mode == "pairs":
             return 2 * self.pairs
+        if self.mode == "dense":
+            return 0  # a variable number of rows per video
         return self.crops_per_video
+
+    @property
+    def slot_crops(self) -> int:
+        """Crops one decoding task returns at most: the video's K, or a dense segment's."""
+        return segment_windows(self) * self.spatial if self.mode == "dense" else self.k
 
     def to_dict(self) -> dict:
         d = dict(self.__dict__)
         d["area"], d["aspect"] = list(self.area), list(self.aspect)
         d["crops_per_video"] = self.k
+        if self.mode == "dense":
+            d["window_step"] = window_step(self)  # the effective step
+        else:  # only dense mode has them: stores of the other modes keep the attributes they always had
+            del d["window_step"], d["spatial"]
         return d
 
 
@@ -82,6 +105,43 @@ class Crop:
     frames: np.ndarray  # (T,) int frame indices into the video, in [0, N)
     box: np.ndarray  # (6,) float32 t0, t1, y0, x0, y1, x1
     flip: bool
+    span_end: int = 0  # the frame after those the crop stands for (see the module docstring)
+
+
+DENSE_SEGMENT_CROPS = 16  # crops a dense decoding task holds (one shared-memory slot, as K = 16)
+
+
+def window_span(s: CropSettings) -> int:
+    return s.clip_frames * s.frame_stride
+
+
+def window_step(s: CropSettings) -> int:
+    return s.window_step or window_span(s)
+
+
+def dense_windows(s: CropSettings, num_frames: int) -> int:
+    """Windows of a dense video: starts 0, step, 2 step ... until a window reaches the last frame."""
+    span = window_span(s)
+    return 1 if num_frames <= span else -(-(num_frames - span) // window_step(s)) + 1
+
+
+def segment_windows(s: CropSettings) -> int:
+    return max(1, DENSE_SEGMENT_CROPS // max(1, s.spatial))
+
+
+def dense_crops(
+    s: CropSettings, num_frames: int, height: int, width: int, first: int, stop: int
+) -> list[Crop]:
+    """The crops of windows `first .. stop - 1` of a dense video, window-major."""
+    boxes = _eval_boxes(s, s.spatial, height, width)
+    out = []
+    for w in range(first, stop):
+        start = w * window_step(s)
+        for b in boxes:
+            c = _crop(start, b, False, s, num_frames)
+            c.span_end = min(start + window_span(s), num_frames)
+            out.append(c)
+    return out
 
 
 def _rng(settings: CropSettings, path: str, num_frames: int) -> np.random.Generator:
@@ -165,15 +225,17 @@ def sample_crops(settings: CropSettings, path: str, num_frames: int, height: int
                 y0, x0, y1, x1 = _random_box(rng, settings, height, width)
                 flip = bool(settings.flip and rng.random() < 0.5)
                 crops.append(_crop(start, (y0, x0, y1, x1), flip, settings, num_frames))
+    elif settings.mode == "dense":
+        return dense_crops(settings, num_frames, height, width, 0, dense_windows(settings, num_frames))
     else:
-        raise ValueError(f"unknown sampling mode {settings.mode!r} (train, eval or pairs)")
+        raise ValueError(f"unknown sampling mode {settings.mode!r} (train, eval, pairs or dense)")
     return crops
 
 
 def _crop(start: int, yx: tuple[float, ...], flip: bool, s: CropSettings, num_frames: int) -> Crop:
     frames = _clip_frames(start, s, num_frames)
     t0, t1 = frames[0] / num_frames, (frames[-1] + 1) / num_frames
-    return Crop(frames, np.array([t0, t1, *yx], dtype=np.float32), flip)
+    return Crop(frames, np.array([t0, t1, *yx], dtype=np.float32), flip, int(frames[-1]) + 1)
 
 
 def decode_size(crops: list[Crop], height: int, width: int, input_size: int) -> tuple[int, int]:

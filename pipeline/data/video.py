@@ -57,6 +57,23 @@ class VideoInfo:
     width: int
     duration: float = 0.0  # seconds, as the container says (0 if it does not)
     rotation: int = 0  # display matrix rotation, degrees counter-clockwise (recorded, not applied)
+    times: np.ndarray | None = None  # (num_frames + 1,) seconds: frame i's presentation time, then the end
+
+
+def frame_times(pts: list[int], durations: list[int], time_base: float, fps: float, n: int) -> np.ndarray:
+    """Presentation time in seconds of each of the `n` frames (in presentation order: the packets' sorted
+    pts, so variable frame rate and B-frames are right), relative to the first frame, plus the end of the
+    last frame (its packet's duration, else the median frame gap). Packets without pts (some AVI): i / fps."""
+    if len(pts) == n and n and time_base > 0:
+        order = np.argsort(pts, kind="stable")
+        p = np.asarray(pts, dtype=np.int64)[order]
+        last = int(np.asarray(durations, dtype=np.int64)[order][-1])
+        if last <= 0:
+            last = int(np.median(np.diff(p))) if n > 1 else 0
+        if last <= 0 and fps > 0:
+            last = round(1 / (fps * time_base))
+        return np.append(p - p[0], p[-1] - p[0] + max(last, 1)).astype(np.float64) * time_base
+    return np.arange(n + 1, dtype=np.float64) / fps if fps > 0 else np.full(n + 1, np.nan)
 
 
 def probe(path: str) -> VideoInfo:
@@ -80,9 +97,14 @@ def probe(path: str) -> VideoInfo:
             height, width = int(ctx.height or 0), int(ctx.width or 0)
             rate = stream.average_rate or stream.guessed_rate or 0
             count, rotation, tries = 0, None, 0
+            pts: list[int] = []
+            durations: list[int] = []
             for packet in container.demux(stream):
                 if packet.size > 0:
                     count += 1
+                    if packet.pts is not None:
+                        pts.append(packet.pts)
+                        durations.append(packet.duration or 0)
                 if rotation is None and tries < 8:  # the first decoded frame carries the display matrix
                     tries += 1
                     with contextlib.suppress(Exception):
@@ -95,6 +117,7 @@ def probe(path: str) -> VideoInfo:
             )
             if not duration and container.duration:
                 duration = container.duration / 1e6
+            time_base = float(stream.time_base) if stream.time_base else 0.0
     except VideoError:
         raise
     except Exception as e:  # PyAV raises many types (InvalidDataError, OSError, ...)
@@ -105,7 +128,8 @@ def probe(path: str) -> VideoInfo:
         raise VideoError(Reason.ZERO_FRAMES, "video stream has no frames")
     if height <= 0 or width <= 0:
         raise VideoError(Reason.UNREADABLE, "video stream has no frame size")
-    return VideoInfo(count, claimed, float(rate), height, width, duration, rotation or 0)
+    times = frame_times(pts, durations, time_base, float(rate), count)
+    return VideoInfo(count, claimed, float(rate), height, width, duration, rotation or 0, times)
 
 
 @contextlib.contextmanager

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from vcache.data.crops import CropSettings
+from vcache.data.crops import CropSettings, dense_windows, segment_windows
 from vcache.extract.fanout import Fanout
 from vcache.extract.forward import BatchRunner
 from vcache.extract.options import (
@@ -34,9 +34,9 @@ from vcache.extract.options import (
     StoreWriteError,
     torch_threads,
 )
-from vcache.extract.output import ShardBuffer, clean_leftovers, open_or_create, store_attrs
+from vcache.extract.output import ShardBuffer, VideoTrack, clean_leftovers, open_or_create, store_attrs
 from vcache.extract.stop import EXIT_CODES, GracefulStop
-from vcache.extract.workers import DecodeResult
+from vcache.extract.workers import DecodeResult, DecodeTask
 from vcache.models import VideoBackbone
 from vcache.runtime.devices import resolve_device, use_device
 from vcache.store import DONE, FAILED, PENDING, FeatureStore, Reason
@@ -217,9 +217,10 @@ class _Job:
         self.clips = self.finished = 0  # crops through the backbone, videos finished (done or failed)
         self.buffers: dict[int, ShardBuffer] = {}
         self.shard_of: dict[int, int] = {}
-        self.batch: list[tuple[int, int, np.ndarray]] = []  # (video, first crop row, uint8 crops)
+        # (video, its row of the first crop, uint8 crops, the result they came in, whether they end it)
+        self.batch: list[tuple[int, int, np.ndarray, DecodeResult, bool]] = []
         self.batch_n = 0
-        self.decoded: dict[int, DecodeResult] = {}  # videos whose crops wait for the backbone
+        self.tracks: dict[int, VideoTrack] = {}  # videos decoded in part or whole, not finished yet
         self.progress: Callable[[str, dict[str, Any]], None] | None = None
         self.cleaned = 0
         self.repaired: dict[int, str] = {}
@@ -240,22 +241,52 @@ class _Job:
             time.sleep(poll_s)
 
     def _take(self, res: DecodeResult) -> None:
+        """A decoded video (or dense segment): queue its crops for the backbone. A dense video's first
+        segment tells its row count and times; its other segments are submitted then."""
         self.timings["worker_decode"] += res.seconds
-        if self.stop.requested and res.meta.reason_code == Reason.WORKER_DIED:
-            return  # killed with the run's own stop: the video stays pending
-        if res.meta.status != DONE:
-            self._finish(res.index, res)
+        v, track = res.index, self.tracks.get(res.index)
+        more = res.probe is not None and res.boxes is not None and res.total_rows > len(res.boxes)
+        if self.stop.requested and (res.meta.reason_code == Reason.WORKER_DIED or more):
+            self.pool.release(res.slot)  # killed with the run's own stop, or a dense video with segments
+            return  # still to decode: the video stays pending
+        if track is None:
+            if res.meta.status != DONE:
+                self._finish(v, res.meta)
+                return
+            self.buffers[self.shard_of[v]].open_video(v, res.total_rows, res.times)
+            track = self.tracks[v] = VideoTrack(res.meta)
+            if res.probe is not None:
+                track.tasks_left = self._submit_segments(v, res.probe)
+        else:
+            track.merge(res.meta)
+        if res.meta.status != DONE or track.meta.status != DONE:
+            self.pool.release(res.slot)  # a failed segment fails the whole video
+            self._maybe_finish(v)
             return
-        self.decoded[res.index] = res
-        crops, first = res.crops, 0
+        rows = self.buffers[self.shard_of[v]].rows[v]
+        n = len(res.boxes)
+        rows["boxes"][res.first_row : res.first_row + n] = res.boxes
+        rows["flip"][res.first_row : res.first_row + n] = res.flips
+        crops, first = res.crops[:n], 0
         res.crops = None
-        while first < len(crops):
+        track.queued += n
+        while first < n:
             part = crops[first : first + self.opts.batch_size - self.batch_n]
-            self.batch.append((res.index, first, part))
+            self.batch.append((v, res.first_row + first, part, res, first + len(part) == n))
             self.batch_n += len(part)
             first += len(part)
             if self.batch_n >= self.opts.batch_size:
                 self._forward()
+
+    def _submit_segments(self, v: int, info) -> int:
+        """Dense mode: the decoding tasks of video v's windows after its first segment. Returns how many."""
+        n_win, seg = dense_windows(self.settings, info.num_frames), segment_windows(self.settings)
+        path = self.paths[v]
+        for w0 in range(seg, n_win, seg):
+            task = DecodeTask(v, str(self.root / path), path, self.settings, self.opts.max_decode_errors)
+            task.windows, task.info = (w0, min(n_win, w0 + seg)), info
+            self.pool.submit(task)
+        return len(range(seg, n_win, seg))
 
     def _forward(self, flush: bool = False) -> None:
         """Start the batch in hand, then collect the batch before it: with overlap (vcache.extract.forward)
@@ -263,11 +294,11 @@ class _Job:
         launched = None
         if self.batch:
             t0 = time.perf_counter()
-            handle = self.runner.launch([c for _, _, c in self.batch])
-            batch, self.batch, self.batch_n = [(v, f, len(c)) for v, f, c in self.batch], [], 0
-            for v, first, n in batch:
-                if first + n == self.store.crops_per_video:
-                    self.pool.release(self.decoded[v].slot)  # its crops are in the host buffer now
+            handle = self.runner.launch([c for _, _, c, _, _ in self.batch])
+            for *_, res, last in self.batch:
+                if last:
+                    self.pool.release(res.slot)  # its crops are in the host buffer now
+            batch, self.batch, self.batch_n = [(v, r, len(c)) for v, r, c, _, _ in self.batch], [], 0
             launched = (handle, batch)
             self.timings["forward"] += time.perf_counter() - t0
         if self.inflight is not None:
@@ -283,32 +314,33 @@ class _Job:
         pooled, fmaps, waited = self.runner.result(handle)
         self.timings["forward"] += waited
         row = 0
-        for v, first, n in batch:
-            buf = self.buffers[self.shard_of[v]]
-            r0 = buf.rows(v).start + first
-            buf.features[r0 : r0 + n] = pooled[row : row + n]
+        for v, r0, n in batch:
+            rows = self.buffers[self.shard_of[v]].rows[v]
+            rows["features"][r0 : r0 + n] = pooled[row : row + n]
             if fmaps is not None:
-                buf.maps[r0 : r0 + n] = fmaps[row : row + n]
+                rows["maps"][r0 : r0 + n] = fmaps[row : row + n]
             row += n
-            if first + n == self.store.crops_per_video:
-                self._finish(v, self.decoded.pop(v))
+            self.tracks[v].queued -= n
+            self._maybe_finish(v)
         self.clips += row
 
-    def _finish(self, v: int, res: DecodeResult) -> None:
+    def _maybe_finish(self, v: int) -> None:
+        track = self.tracks[v]
+        if track.tasks_left == 0 and track.queued == 0:
+            del self.tracks[v]
+            self._finish(v, track.meta)
+
+    def _finish(self, v: int, meta) -> None:
         buf = self.buffers[self.shard_of[v]]
-        if res.meta.status == DONE:
-            buf.boxes[buf.rows(v)] = res.boxes
-            buf.flips[buf.rows(v)] = res.flips
-            if res.meta.warning:
-                self.warnings.append((self.paths[v], res.meta.warning))
+        if meta.status == DONE:
+            if meta.warning:
+                self.warnings.append((self.paths[v], meta.warning))
         else:
-            self.failures.append(
-                (self.paths[v], f"{Reason(res.meta.reason_code).name.lower()}: {res.meta.reason}")
-            )
-        buf.metas[v - buf.videos.start] = res.meta
+            self.failures.append((self.paths[v], f"{Reason(meta.reason_code).name.lower()}: {meta.reason}"))
+        buf.metas[v - buf.videos.start] = meta
         self.finished += 1
         if self.progress:
-            self.progress("video", {"clips": self.store.crops_per_video if res.meta.status == DONE else 0})
+            self.progress("video", {"clips": buf.n_rows(v) if meta.status == DONE else 0})
         if buf.complete:
             self._write(self.shard_of[v])
 
@@ -317,7 +349,10 @@ class _Job:
         buf = self.buffers.pop(s)
         t0 = time.perf_counter()
         try:
-            self.store.write_shard(s, buf.features, buf.boxes, buf.flips, buf.metas, buf.maps)
+            a = buf.arrays()
+            self.store.write_shard(
+                s, a["features"], a["boxes"], a["flips"], buf.metas, a["maps"], a["times"], a["spans"]
+            )
         except OSError as e:
             raise StoreWriteError(
                 f"cannot write shard {s} to {self.store.path}: {e}. Shards written before are intact and "

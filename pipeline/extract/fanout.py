@@ -47,9 +47,12 @@ class Fanout:
             if j.settings not in self.groups:
                 self.groups.append(j.settings)
         self.group_of = [self.groups.index(j.settings) for j in jobs]
-        self.k = jobs[0].settings.k
-        if any(j.settings.k != self.k for j in jobs):
+        self.k = jobs[0].settings.slot_crops
+        if any(j.settings.k != jobs[0].settings.k for j in jobs):
             raise ValueError("every backbone of one run must cut the same number of crops per video")
+        self.dense = jobs[0].settings.mode == "dense"
+        if self.dense and len(jobs) > 1:
+            raise ValueError("--mode dense takes one backbone a run (run one extraction per backbone)")
         self.needs: dict[int, list[int]] = {}  # video -> the outputs that take it (submitted, not taken)
         self.refs: dict[int, int] = {}  # video -> outputs still holding its crops in an unfinished batch
         self.slot_of: dict[int, int | None] = {}
@@ -64,6 +67,10 @@ class Fanout:
         if self.refs[video] == 0:
             del self.refs[video]
             self.pool.release(self.slot_of.pop(video))
+
+    def submit(self, task: DecodeTask) -> None:
+        """Dense mode: a video's later segments, submitted by its output once the first is decoded."""
+        self.pool.submit(task)
 
     def run(self, rank: int, world: int, progress, claims: list) -> None:
         for j, c in zip(self.jobs, claims, strict=True):
@@ -179,6 +186,13 @@ class Fanout:
 
     def _take(self, res: DecodeResult) -> None:
         """Hand one decoded video to each output that wants it: its group's crops, boxes and flips."""
+        if self.dense:  # one output; a video's segments each hold their own slot
+            self.needs.pop(res.index, None)
+            if res.slot is not None:
+                key = -1 - res.slot
+                self.refs[key], self.slot_of[key], res.slot = 1, res.slot, key
+            self.jobs[0]._take(res)
+            return
         v, need = res.index, self.needs.pop(res.index)
         if res.meta.status != DONE:
             for i in need:
@@ -196,4 +210,5 @@ class Fanout:
             rows = slice(g * k, (g + 1) * k)
             part = DecodeResult(v, res.meta, views[g], res.boxes[rows], res.flips[rows], res.seconds)
             part.slot = v if res.slot is not None else None  # released through self.release
+            part.times, part.total_rows = res.times[rows] if res.times is not None else None, k
             self.jobs[i]._take(part)

@@ -17,6 +17,7 @@ from vcache.data.crops import CropSettings
 from vcache.extract.options import ExtractOptions
 from vcache.models import VideoBackbone, describe
 from vcache.store import (
+    DONE,
     PENDING,
     FeatureStore,
     StoreError,
@@ -162,19 +163,35 @@ def clean_leftovers(out: Path | Remote, lock: StoreLock | None = None, young_s: 
 
 
 class ShardBuffer:
-    """Rows of one shard, filled as videos finish; written whole when every video is in."""
+    """Rows of one shard, kept per video as videos finish (a dense video's row count is known once its first
+    segment is decoded); written whole when every video is in, or its finished part at a graceful stop."""
 
     def __init__(self, store: FeatureStore, shard: int, map_shape):
+        self.store, self.map_shape = store, map_shape
         self.videos = store.shard_videos(shard)
-        k, n = store.crops_per_video, len(self.videos)
-        self.features = np.zeros((n * k, store.feature_dim), dtype=np.float32)
-        self.boxes = np.full((n * k, 6), -1.0, dtype=np.float32)
-        self.flips = np.zeros(n * k, dtype=bool)
         # the store's dtype: --fp32 keeps float32 maps, not maps rounded to float16 on the way
-        mdt = store.group["crops/maps"].dtype if map_shape else None
-        self.maps = np.zeros((n * k, *map_shape), dtype=mdt) if map_shape else None
-        self.metas: list[VideoMeta | None] = [None] * n
-        self.k = k
+        self.map_dtype = store.group["crops/maps"].dtype if map_shape else None
+        self.rows: dict[int, dict[str, np.ndarray]] = {}  # video -> features, boxes, flip, times, maps
+        self.metas: list[VideoMeta | None] = [None] * len(self.videos)
+        self.order: list[int] = []  # videos whose rows the store already holds, in row order
+
+    def blank(self, n: int) -> dict[str, np.ndarray]:
+        """n empty rows: zero features, boxes of -1, no flip, unknown (NaN) times."""
+        r = {
+            "features": np.zeros((n, self.store.feature_dim), dtype=np.float32),
+            "boxes": np.full((n, 6), -1.0, dtype=np.float32),
+            "flip": np.zeros(n, dtype=bool),
+            "times": np.full((n, 2), np.nan),
+        }
+        if self.map_shape:
+            r["maps"] = np.zeros((n, *self.map_shape), dtype=self.map_dtype)
+        return r
+
+    def open_video(self, video: int, n: int, times: np.ndarray | None = None) -> dict[str, np.ndarray]:
+        r = self.rows[video] = self.blank(n)
+        if times is not None:
+            r["times"][:] = np.asarray(times, dtype=np.float64).reshape(n, 2)
+        return r
 
     def preload(self, store: FeatureStore, shard: int) -> list[int]:
         """Start from what a graceful stop wrote of this shard: its finished videos' rows and records.
@@ -183,18 +200,65 @@ class ShardBuffer:
         if (status == PENDING).all():
             return list(self.videos)
         data = store.shard_data(shard)
-        self.features[:] = data["crops/features"]
-        self.boxes[:] = data["crops/boxes"]
-        self.flips[:] = data["crops/flip"]
-        if self.maps is not None:
-            self.maps[:] = data["crops/maps"]
         self.metas = store.finished_metas(shard, data)
+        starts, counts = store.row_spans(self.videos)
+        r0 = store.shard_rows(shard, (starts, counts)).start
+        for j, v in enumerate(self.videos):
+            if counts[j] > 0:
+                sl = slice(int(starts[j] - r0), int(starts[j] - r0 + counts[j]))
+                r = self.open_video(v, int(counts[j]))
+                for name in ("features", "boxes", "flip", "maps"):
+                    if name in r:
+                        r[name][:] = data[f"crops/{name}"][sl]
+                if "crops/start_s" in data:
+                    r["times"][:] = np.stack([data["crops/start_s"][sl], data["crops/end_s"][sl]], axis=1)
+        self.order = [int(v) for v in np.array(list(self.videos))[np.argsort(starts)] if v in self.rows]
         return [v for v, m in zip(self.videos, self.metas, strict=True) if m is None]
 
-    def rows(self, video: int) -> slice:
-        i = video - self.videos.start
-        return slice(i * self.k, (i + 1) * self.k)
+    def arrays(self) -> dict:
+        """What `FeatureStore.write_shard` takes: fixed K, every video's K rows in video order (zeros and
+        boxes of -1 for failed and pending videos); dense, the done videos' rows, those the store already
+        holds first (they keep their place), and `spans` (start in the shard's region, count) per video."""
+        done = [v for v, m in zip(self.videos, self.metas, strict=True) if m is not None and m.status == DONE]
+        k = self.store.crops_per_video
+        if k:
+            parts = [self.rows[v] if v in done else self.blank(k) for v in self.videos]
+        else:
+            order = [v for v in self.order if v in done] + [v for v in done if v not in self.order]
+            parts = [self.rows[v] for v in order]
+            starts, counts = np.zeros(len(self.videos), np.int64), np.zeros(len(self.videos), np.int64)
+            at = 0
+            for v in order:
+                n = len(self.rows[v]["features"])
+                starts[v - self.videos.start], counts[v - self.videos.start] = at, n
+                at += n
+        blank = self.blank(0)
+        cat = {name: np.concatenate([p[name] for p in parts] or [blank[name]]) for name in blank}
+        out = {"features": cat["features"], "boxes": cat["boxes"], "flips": cat["flip"]}
+        out.update(times=cat["times"], maps=cat.get("maps"), spans=None if k else (starts, counts))
+        return out
+
+    def n_rows(self, video: int) -> int:
+        return len(self.rows[video]["features"]) if video in self.rows else 0
 
     @property
     def complete(self) -> bool:
         return all(m is not None for m in self.metas)
+
+
+class VideoTrack:
+    """A video being decoded and forwarded: its record, dense segments still decoding, crops queued."""
+
+    def __init__(self, meta):
+        self.meta, self.tasks_left, self.queued = meta, 0, 0
+
+    def merge(self, meta) -> None:
+        """A later dense segment came back: it ends one task; a failed one fails the video."""
+        self.tasks_left -= 1
+        if meta.status != DONE:
+            if self.meta.status == DONE:
+                self.meta = meta
+            return
+        self.meta.decode_errors += meta.decode_errors
+        self.meta.decoded_frames = min(self.meta.decoded_frames, meta.decoded_frames)
+        self.meta.warning = self.meta.warning or meta.warning

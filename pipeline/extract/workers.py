@@ -2,7 +2,8 @@
 
 Each worker decodes one video at a time: probe the trusted frame count, sample the crops, decode the frames
 they need in order at the size they need, cut them. It sends back uint8 crops, never features, so workers
-need neither torch nor the GPU and start fast (spawned, importing only numpy, PyAV and decord).
+need neither torch nor the GPU and start fast (spawned, importing only numpy, PyAV and decord). A dense
+video is one task per segment of windows; the first also probes and returns all its rows' times.
 
 decord can hang in native code on a bad file. Each worker has its own task and result pipes, so the
 parent knows which video each worker holds and since when: when a video passes its deadline the worker is
@@ -26,130 +27,19 @@ import sys
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
 
-import numpy as np
-
-from vcache.data.crops import CropSettings, cut, decode_size, sample_crops
-from vcache.data.records import DONE, FAILED, Reason, VideoMeta
-from vcache.data.video import VideoError, VideoInfo, capture_stderr, decode_frames, probe, warnings_for
-from vcache.extract.slots import Attached, make_slots, slot_bytes, split_crops
-
-
-@dataclass
-class DecodeTask:
-    index: int  # row of the video in the store
-    path: str  # file to open
-    key: str  # the video's relative path: seeds its crops
-    settings: CropSettings
-    max_decode_errors: int | None = None  # more decoder messages than this: the video fails
-    more: tuple[CropSettings, ...] = ()  # further crop sets cut from the same decoded frames (see groups)
-
-    @property
-    def groups(self) -> tuple[CropSettings, ...]:
-        return (self.settings, *self.more)
-
-
-@dataclass
-class DecodeResult:
-    index: int
-    meta: VideoMeta
-    # (K, T, S, S, 3) uint8; with several crop sets (DecodeTask.more) one flat buffer holding each set's
-    # crops in turn (split_crops), and boxes / flips stacked: rows g*K .. (g+1)*K - 1 are set g's
-    crops: np.ndarray | None = None
-    boxes: np.ndarray | None = None  # (K, 6) float32
-    flips: np.ndarray | None = None  # (K,) bool
-    seconds: float = 0.0
-    timings: dict = field(default_factory=dict)
-    info: VideoInfo | None = None  # the probe, until the warnings are made (not sent back)
-    notes: list[str] = field(default_factory=list)
-    in_slot: bool = False  # the crops were written into the task's shared-memory slot (crops is None)
-    slot: int | None = None  # in the parent: the slot that holds the crops, until DecodePool.release
-
-
-def decode_task(task: DecodeTask, out: np.ndarray | None = None) -> DecodeResult:
-    """Decode one video into its crops. Never raises: a bad video becomes a failed result with a reason.
-    FFmpeg's messages are captured (vcache.data.video.capture_stderr) and become the video's record.
-    `out`: where to write the crops if their shape matches (a shared-memory slot); then `in_slot` is set."""
-    t_start = time.perf_counter()
-    with capture_stderr() as messages:
-        res = _decode(task, out)
-    if res.meta.status == DONE:
-        info, decoded = res.info, res.meta.decoded_frames
-        res.meta.decode_errors = len(messages)
-        res.meta.warning = "; ".join(warnings_for(info, decoded, messages) + res.notes)[:300]
-        limit = task.max_decode_errors
-        if limit is not None and len(messages) > limit:
-            text = f"{len(messages)} decoder errors (over --max-decode-errors {limit}): {res.meta.warning}"
-            meta = VideoMeta(status=FAILED, reason_code=int(Reason.DECODE_ERROR), reason=text[:200])
-            meta.decode_errors, meta.warning = len(messages), res.meta.warning
-            res = DecodeResult(task.index, meta)
-        res.info = None
-        res.in_slot = out is not None and res.crops is out
-    elif messages:
-        res.meta.decode_errors = len(messages)
-    res.seconds = time.perf_counter() - t_start
-    return res
-
-
-def _decode(task: DecodeTask, out: np.ndarray | None = None) -> DecodeResult:
-    groups = task.groups
-    try:
-        info = probe(task.path)
-        sets = [sample_crops(s, task.key, info.num_frames, info.height, info.width) for s in groups]
-        # one decode for every crop set: at the largest size any set needs, of the frames any set needs
-        h, w = info.height, info.width
-        sizes = [decode_size(c, h, w, s.input_size) for c, s in zip(sets, groups, strict=True)]
-        dh, dw = max(h for h, _ in sizes), max(w for _, w in sizes)
-        needed = np.unique(np.concatenate([c.frames for crops in sets for c in crops]))
-        notes: list[str] = []
-        frames, decoded = decode_frames(task.path, needed, dh, dw, info.num_frames, notes)
-        shapes = [crop_shape(s) for s in groups]
-        if len(groups) == 1:
-            if out is None or out.shape != shapes[0]:
-                out = np.empty(shapes[0], dtype=np.uint8)
-            views = [out]
-        else:
-            if out is None or out.ndim != 1 or out.size < slot_bytes(shapes):
-                out = np.empty(slot_bytes(shapes), dtype=np.uint8)
-            views = split_crops(out, shapes)
-        for crops, s, view in zip(sets, groups, views, strict=True):
-            for i, c in enumerate(crops):
-                clip = np.stack([frames[int(f)] for f in c.frames])
-                view[i] = cut(clip, c.box, c.flip, s.input_size)
-    except VideoError as e:
-        return DecodeResult(task.index, VideoMeta(status=FAILED, reason_code=int(e.code), reason=e.text))
-    except Exception as e:  # anything unexpected still must not stop the run
-        meta = VideoMeta(
-            status=FAILED, reason_code=int(Reason.DECODE_ERROR), reason=f"{type(e).__name__}: {e}"[:200]
-        )
-        return DecodeResult(task.index, meta)
-    meta = VideoMeta(
-        status=DONE,
-        num_frames=info.num_frames,
-        decoded_frames=decoded,
-        fps=info.fps,
-        height=info.height,
-        width=info.width,
-        rotation=info.rotation,
-    )
-    boxes = np.stack([c.box for crops in sets for c in crops]).astype(np.float32)
-    flips = np.array([c.flip for crops in sets for c in crops], dtype=bool)
-    return DecodeResult(task.index, meta, out, boxes, flips, info=info, notes=notes)
-
-
-def crop_shape(s: CropSettings) -> tuple[int, int, int, int, int]:
-    """The shape of one video's crops (the size of a shared-memory slot): K of the mode (eval: clips x
-    spatial crops, pairs: 2 x pairs), not the train-mode count."""
-    return (s.k, s.clip_frames, s.input_size, s.input_size, 3)
-
-
-def slot_shape(groups: tuple[CropSettings, ...]) -> tuple[int, ...]:
-    """A slot for one video: its crops' shape for one crop set, else a flat buffer that holds every set."""
-    shapes = [crop_shape(s) for s in groups]
-    return shapes[0] if len(shapes) == 1 else (slot_bytes(shapes),)
-
+from vcache.data.records import FAILED, Reason, VideoMeta
+from vcache.extract.decode import (  # noqa: F401  (re-exported: the decoding side of a worker)
+    DecodeResult,
+    DecodeTask,
+    crop_shape,
+    decode_task,
+    row_times,
+    slot_shape,
+    split_crops,
+)
+from vcache.extract.slots import Attached, make_slots
 
 _READY = "ready"
 MAX_START_CRASHES = 3  # workers that die before they are ready, in a row, before the run gives up

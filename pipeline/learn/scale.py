@@ -45,7 +45,10 @@ class ShardStream:
 
         st = open_store(path)
         self.path, self.attrs = Path(path), st.attrs
-        per_shard = st.videos_per_shard * st.crops_per_video * (st.feature_dim + 6) * 4
+        from vcache.store.cache import dense_k
+
+        k = dense_k(st) if st.variable else st.crops_per_video  # dense: K rows spread over each video's
+        per_shard = st.videos_per_shard * k * (st.feature_dim + 6) * 4
         size = max(1, int(max_bytes // max(1, per_shard)))
         self.groups = [list(range(i, min(st.n_shards, i + size))) for i in range(0, st.n_shards, size)]
         done = st.status() == 1
@@ -54,7 +57,7 @@ class ShardStream:
         ]
         self.n_videos = int(done.sum())
         self.paths = [p for p, d in zip(st.paths(), done, strict=True) if d]
-        self.crops_per_video, self.feature_dim = st.crops_per_video, st.feature_dim
+        self.crops_per_video, self.feature_dim = k, st.feature_dim
 
     def blocks(self, epoch: int, seed: int) -> Iterator[Cache]:
         from vcache.store import load_cache

@@ -36,21 +36,16 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
-import shutil
-import socket
-import time
-import uuid
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import zarr
 
-from vcache.data.records import FAILED, PENDING, VideoMeta
+from vcache.data.records import DONE, FAILED, PENDING, VideoMeta
 from vcache.store.location import Remote, location
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: per-video row offsets and counts, per-row times (docs/store.md); 1 stays readable
 CHUNK_BYTES = 1 << 20  # zarr chunks of at least ~1 MB read and write efficiently
 
 
@@ -71,6 +66,8 @@ _META_ARRAYS = {
 
 # Per-video arrays of newer stores (optional when reading: see the module docstring).
 _RECORD_ARRAYS = {"decode_errors": ("int32", 0), "rotation": ("int16", 0)}
+# Per-video arrays of schema 2: where a video's rows are (global row, count; -1 / 0 without rows).
+_ROW_ARRAYS = {"row_start": ("int64", -1), "row_count": ("int32", 0)}
 
 
 def shard_digest(data: dict[str, np.ndarray]) -> str:
@@ -93,18 +90,6 @@ def manifest_hash(paths: list[str], labels: list[int] | np.ndarray) -> str:
     return h.hexdigest()[:16]
 
 
-def _rows_per_chunk(rows_per_shard: int, row_bytes: int) -> int:
-    """Largest divisor of the shard's rows whose chunk stays near CHUNK_BYTES (at least one row)."""
-    want = max(1, CHUNK_BYTES // max(1, row_bytes))
-    if want >= rows_per_shard:
-        return rows_per_shard
-    best = 1
-    for d in range(1, rows_per_shard + 1):
-        if rows_per_shard % d == 0 and d <= want:
-            best = d
-    return best
-
-
 class FeatureStore:
     """A handle on one store. Open with `open_store` or make with `create_store`."""
 
@@ -112,24 +97,61 @@ class FeatureStore:
         self.path = location(path)  # a Path, or a Remote (str() gives its URL)
         self.group = group
         self.attrs: dict[str, Any] = dict(group.attrs)
-        if self.attrs.get("schema_version") != SCHEMA_VERSION:
+        if self.attrs.get("schema_version") not in (1, SCHEMA_VERSION):
             raise StoreError(
-                f"{self.path}: schema_version {self.attrs.get('schema_version')!r}, expected {SCHEMA_VERSION}"
+                f"{self.path}: schema_version {self.attrs.get('schema_version')!r}, "
+                f"expected 1 or {SCHEMA_VERSION}"
             )
+        self.schema_version = int(self.attrs["schema_version"])
         self.n_videos = int(self.attrs["n_videos"])
-        self.crops_per_video = int(self.attrs["crops_per_video"])
+        self.crops_per_video = int(self.attrs["crops_per_video"])  # 0: a variable number (dense)
         self.videos_per_shard = int(self.attrs["videos_per_shard"])
         self.feature_dim = int(self.attrs["feature_dim"])
         self.n_shards = max(1, math.ceil(self.n_videos / self.videos_per_shard))
+        self.variable = self.crops_per_video == 0
+        fixed = self.videos_per_shard * self.crops_per_video
+        self.rows_per_shard = int(self.attrs.get("rows_per_shard") or fixed)
 
     # -- geometry -------------------------------------------------------------------------------
     def shard_videos(self, shard: int) -> range:
         v0 = shard * self.videos_per_shard
         return range(v0, min(self.n_videos, v0 + self.videos_per_shard))
 
+    def shard_rows(self, shard: int, spans: tuple[np.ndarray, np.ndarray] | None = None) -> slice:
+        """The crop rows shard `shard` has written: fixed K, all of its videos' rows; dense, the used start
+        of its region (from its videos' `spans`, read when not given)."""
+        vids = self.shard_videos(shard)
+        if not self.variable:
+            return slice(vids.start * self.crops_per_video, vids.stop * self.crops_per_video)
+        r0 = shard * self.rows_per_shard
+        starts, counts = spans if spans is not None else self.row_spans(vids)
+        used = int((starts + counts)[counts > 0].max()) - r0 if (counts > 0).any() else 0
+        return slice(r0, r0 + used)
+
+    def row_spans(self, vids: range | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(row_start, row_count) of videos `vids` (all by default): video i's rows in the crop arrays are
+        `row_start[i] .. row_start[i] + row_count[i] - 1`; count 0 for pending and failed videos. A schema 1
+        store has no such arrays: K rows at i * K for done videos."""
+        vids = vids if vids is not None else range(self.n_videos)
+        if self.schema_version >= 2:
+            starts = self.group["videos/row_start"][vids.start : vids.stop].astype(np.int64)
+            return starts, self.group["videos/row_count"][vids.start : vids.stop].astype(np.int64)
+        done = self.group["videos/status"][vids.start : vids.stop] == DONE
+        k = self.crops_per_video
+        return np.arange(vids.start, vids.stop, dtype=np.int64) * k, np.where(done, k, 0).astype(np.int64)
+
+    def crop_names(self) -> list[str]:
+        """The per-row arrays under `crops/` in write order."""
+        names = ["features", "boxes", "flip"] + (["start_s", "end_s"] if self.has_times else [])
+        return names + (["maps"] if self.has_maps else [])
+
     @property
     def has_maps(self) -> bool:
         return "maps" in self.group["crops"]
+
+    @property
+    def has_times(self) -> bool:
+        return "start_s" in self.group["crops"]
 
     # -- per-video reads ------------------------------------------------------------------------
     def status(self) -> np.ndarray:
@@ -174,37 +196,54 @@ class FeatureStore:
         flips: np.ndarray,
         metas: list[VideoMeta | None],
         maps: np.ndarray | None = None,
+        times: np.ndarray | None = None,
+        spans: tuple[np.ndarray, np.ndarray] | None = None,
     ) -> None:
         """Write one whole shard: crop arrays first, then the per-video arrays, status last.
 
-        features: (n*K, D); boxes: (n*K, 6); flips: (n*K,); metas: n entries. Rows of failed videos are
-        written too (zeros, boxes of -1) so every shard file is complete. A meta of None is a video not
-        finished yet (a graceful stop writes the finished part of a shard): it stays pending, and a shard
-        with a pending video gets no digest (an empty one) until a later run writes it complete.
+        Fixed K: features (n*K, D), boxes (n*K, 6), flips (n*K,), times (n*K, 2) start/end seconds; rows of
+        failed videos are written too (zeros, boxes of -1) so every shard file is complete. Dense: the rows
+        of the shard's region from its start, and `spans` (start within the region, count) per video. A meta
+        of None is a video not finished yet (a graceful stop writes the finished part of a shard): it stays
+        pending, and a shard with a pending video gets no digest (an empty one) until it is written complete.
         """
         vids = self.shard_videos(shard)
         n, k = len(vids), self.crops_per_video
-        if len(metas) != n or features.shape != (n * k, self.feature_dim):
-            raise StoreError(f"shard {shard}: expected {n} videos and {(n * k, self.feature_dim)} features")
-        r0, r1 = vids.start * k, vids.stop * k
+        if len(metas) != n:
+            raise StoreError(f"shard {shard}: expected {n} videos, got {len(metas)}")
         metas = [m if m is not None else VideoMeta(status=PENDING) for m in metas]
-        data = self._shard_data_to_write(features, boxes, flips, metas, maps)
+        done = np.array([m.status == DONE for m in metas])
+        if self.variable:
+            if spans is None or len(features) > self.rows_per_shard:
+                raise StoreError(f"shard {shard}: {len(features)} rows, more than its {self.rows_per_shard}")
+            r0 = shard * self.rows_per_shard
+            starts, counts = (np.asarray(x, dtype=np.int64) for x in spans)
+        else:
+            if features.shape != (n * k, self.feature_dim):
+                raise StoreError(f"shard {shard}: expected {(n * k, self.feature_dim)} features")
+            r0, starts, counts = vids.start * k, np.arange(n, dtype=np.int64) * k, np.full(n, k, np.int64)
+        counts = np.where(done, counts, 0)
+        starts = np.where(counts > 0, starts + r0, -1)
+        rows = slice(r0, r0 + len(features))
+        data = self._shard_data_to_write(features, boxes, flips, metas, maps, times, (starts, counts))
         for name, a in data.items():  # crop arrays first, per-video ones next, status last
             if name != "videos/status":
-                rows = slice(r0, r1) if name.startswith("crops/") else slice(vids.start, vids.stop)
-                self.group[name][rows] = a
+                self.group[name][rows if name.startswith("crops/") else slice(vids.start, vids.stop)] = a
         if "shards" in self.group:  # before the status: a shard marked finished always has its digest
             partly = (data["videos/status"] == PENDING).any()
             self.group["shards/digest"][shard] = "" if partly else shard_digest(data)
         self.group["videos/status"][vids.start : vids.stop] = data["videos/status"]
 
-    def _shard_data_to_write(self, features, boxes, flips, metas, maps) -> dict[str, np.ndarray]:
+    def _shard_data_to_write(self, features, boxes, flips, metas, maps, times, spans) -> dict:
         g, v = self.group, self.group["videos"]
         data = {
             "crops/features": features.astype(g["crops/features"].dtype, copy=False),
             "crops/boxes": boxes.astype(np.float32, copy=False),
             "crops/flip": flips.astype(bool, copy=False),
         }
+        if self.has_times:
+            t = np.full((len(features), 2), np.nan) if times is None else np.asarray(times, dtype=np.float64)
+            data["crops/start_s"], data["crops/end_s"] = t[:, 0].copy(), t[:, 1].copy()
         if maps is not None:
             data["crops/maps"] = maps.astype(g["crops/maps"].dtype, copy=False)
         data["videos/reason"] = np.array([m.reason[:200] for m in metas], dtype=str)
@@ -213,23 +252,22 @@ class FeatureStore:
         for name in (*_META_ARRAYS, *_RECORD_ARRAYS):
             if name in v and name != "status":
                 data[f"videos/{name}"] = np.array([getattr(m, name) for m in metas]).astype(v[name].dtype)
+        if "row_start" in v:
+            data["videos/row_start"], data["videos/row_count"] = spans[0], spans[1].astype(np.int32)
         data["videos/status"] = np.array([m.status for m in metas], dtype=np.uint8)
         return data
 
     def shard_data(self, shard: int) -> dict[str, np.ndarray]:
         """Read back what `write_shard` wrote for `shard` (the arrays its digest covers)."""
         vids = self.shard_videos(shard)
-        k = self.crops_per_video
-        names = ["crops/features", "crops/boxes", "crops/flip"] + (["crops/maps"] if self.has_maps else [])
-        names += ["videos/reason"] + (["videos/warnings"] if "warnings" in self.group["videos"] else [])
-        names += [f"videos/{n}" for n in (*_META_ARRAYS, *_RECORD_ARRAYS) if n in self.group["videos"]]
-        names = [n for n in names if n != "videos/status"] + ["videos/status"]
-        return {
-            n: self.group[n][vids.start * k : vids.stop * k]
-            if n.startswith("crops/")
-            else self.group[n][vids.start : vids.stop]
-            for n in names
-        }
+        v = self.group["videos"]
+        per_video = ["reason"] + (["warnings"] if "warnings" in v else [])
+        per_video += [n for n in (*_META_ARRAYS, *_RECORD_ARRAYS, *_ROW_ARRAYS) if n in v and n != "status"]
+        out = {f"videos/{n}": v[n][vids.start : vids.stop] for n in per_video + ["status"]}
+        spans = (out["videos/row_start"], out["videos/row_count"]) if "row_start" in v else None
+        rows = self.shard_rows(shard, spans)
+        crops = {f"crops/{n}": self.group[f"crops/{n}"][rows] for n in self.crop_names()}
+        return {**crops, **out}
 
     def finished_metas(self, shard: int, data: dict[str, np.ndarray]) -> list[VideoMeta | None]:
         """The per-video records of `shard` as read back by `shard_data`: None for a pending video. A run
@@ -264,120 +302,6 @@ class FeatureStore:
         for f in files:
             f.unlink(missing_ok=True)
         return len(files)
-
-
-def creation_is_dead(folder: Path, other_host_after_s: float = 3600.0) -> bool:
-    """Whether a `.NAME.creating-<id>-<pid>-<host>` folder was left by a process that is gone: on this
-    host, its pid no longer exists; from another host (shared file system) it is older than an hour."""
-    try:
-        _, pid, host = folder.name.split(".creating-", 1)[1].split("-", 2)
-        pid_n = int(pid)
-    except ValueError:
-        return True  # not our naming: an older version's leftover
-    if host == socket.gethostname():
-        try:
-            os.kill(pid_n, 0)
-        except ProcessLookupError:
-            return True
-        except PermissionError:
-            return False
-        return False
-    try:
-        return time.time() - folder.stat().st_mtime > other_host_after_s
-    except OSError:
-        return False
-
-
-def create_store(
-    path: str | Path,
-    paths: list[str],
-    labels: list[int] | np.ndarray,
-    crops_per_video: int,
-    feature_dim: int,
-    attrs: dict[str, Any],
-    *,
-    videos_per_shard: int = 64,
-    feature_dtype: str = "float16",
-    map_shape: tuple[int, int, int, int] | None = None,
-) -> FeatureStore:
-    """Create an empty store (all videos pending). `attrs` carries the provenance (see vcache.extract).
-
-    The store is built in a temporary folder beside `path` and renamed into place, so a store that exists
-    is complete: a kill during creation leaves only a `.NAME.creating-*` folder, removed by the next run.
-    On object storage (no rename) a conditional-put creation marker elects one creator and the root
-    attributes are written last (`vcache.store.remote.create_remote`).
-    """
-    n = len(paths)
-    if n == 0:
-        raise StoreError("no videos to store")
-    full = dict(attrs)
-    full.update(
-        schema_version=SCHEMA_VERSION,
-        n_videos=n,
-        crops_per_video=crops_per_video,
-        videos_per_shard=max(1, min(videos_per_shard, n)),
-        feature_dim=feature_dim,
-        feature_dtype=feature_dtype,
-        map_shape=list(map_shape) if map_shape else None,
-        manifest_hash=manifest_hash(paths, labels),
-    )
-    full = json.loads(json.dumps(full))  # plain JSON types only
-    loc = location(path)
-    if isinstance(loc, Remote):
-        from vcache.store.remote import create_remote
-
-        create_remote(loc, lambda root: _build(root, paths, labels, full), full)
-        return open_store(loc, mode="r+")
-    final = loc
-    for old in final.parent.glob(f".{final.name}.creating-*"):
-        if creation_is_dead(old):  # not another process's creation in progress (--part runs)
-            shutil.rmtree(old, ignore_errors=True)
-    tmp = final.parent / f".{final.name}.creating-{uuid.uuid4().hex[:8]}-{os.getpid()}-{socket.gethostname()}"
-    root = zarr.open_group(str(tmp), mode="w")
-    root.attrs.put(full)
-    _build(root, paths, labels, full)
-    try:
-        os.rename(tmp, final)  # atomic; fails if `path` appeared meanwhile (another process won)
-    except OSError:
-        shutil.rmtree(tmp, ignore_errors=True)  # our own half of the race: leave nothing behind
-        raise
-    return open_store(final, mode="r+")
-
-
-def _build(root: zarr.Group, paths, labels, full: dict[str, Any]) -> None:
-    """Every array of an empty store (all videos pending) under `root`."""
-    n, k, vps = len(paths), int(full["crops_per_video"]), int(full["videos_per_shard"])
-    feature_dim, feature_dtype, map_shape = full["feature_dim"], full["feature_dtype"], full["map_shape"]
-    v = root.create_group("videos")
-    v.create_array("path", shape=(n,), dtype=str, chunks=(n,))[:] = np.asarray(paths, dtype=str)
-    v.create_array("label", shape=(n,), dtype="int32", chunks=(n,))[:] = np.asarray(labels, dtype=np.int32)
-    for name, (dt, fill) in {**_META_ARRAYS, **_RECORD_ARRAYS}.items():
-        v.create_array(name, shape=(n,), dtype=dt, chunks=(vps,), fill_value=fill)
-    for name in ("reason", "warnings"):
-        v.create_array(name, shape=(n,), dtype=str, chunks=(vps,), fill_value="")
-    root.create_group("shards").create_array(
-        "digest", shape=(math.ceil(n / vps),), dtype=str, chunks=(1,), fill_value=""
-    )
-    c = root.create_group("crops")
-    rows, srows = n * k, vps * k
-    fbytes = np.dtype(feature_dtype).itemsize
-    specs = {
-        "features": ((feature_dim,), feature_dtype, fbytes * feature_dim, 0),
-        "boxes": ((6,), "float32", 24, -1.0),
-        "flip": ((), "bool", 1, False),
-    }
-    if map_shape:
-        specs["maps"] = (tuple(map_shape), feature_dtype, fbytes * int(np.prod(map_shape)), 0)
-    for name, (tail, dt, row_bytes, fill) in specs.items():
-        chunk_rows = _rows_per_chunk(srows, row_bytes)
-        c.create_array(
-            name,
-            shape=(rows, *tail),
-            dtype=dt,
-            chunks=(chunk_rows, *tail),
-            shards=(srows, *tail) if chunk_rows < srows else None,
-            fill_value=fill,
-        )
 
 
 def open_store(path: str | Path | Remote, mode: str = "r") -> FeatureStore:

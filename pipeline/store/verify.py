@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -106,7 +105,9 @@ def summary(path: str | Path) -> dict[str, Any]:
         "warned": len(warned),
         "warned_examples": warned[:10],
         "rotated": int((st.meta("rotation") != 0).sum()),
-        "crops_per_video": st.crops_per_video,
+        "crops_per_video": st.crops_per_video,  # 0: a variable number (dense)
+        "rows": int(st.row_spans()[1].sum()),
+        "schema_version": st.schema_version,
         "feature_dim": st.feature_dim,
         "feature_dtype": st.attrs.get("feature_dtype"),
         "map_shape": st.attrs.get("map_shape"),
@@ -120,23 +121,24 @@ def summary(path: str | Path) -> dict[str, Any]:
     }
 
 
-def export_h5(path: str | Path, out: str | Path) -> Path:
-    """Write every array of a store, with the same names and its attributes (as JSON), to one HDF5 file."""
-    import h5py
-
-    st = open_store(path)
-    out = Path(out)
-    with h5py.File(out, "w") as h5:
-        h5.attrs["vcache_attrs"] = json.dumps(st.attrs)
-        for group in ("videos", "crops"):
-            for name, arr in st.group[group].arrays():
-                data = arr[:]
-                if data.dtype.kind in ("T", "U", "O"):
-                    h5.create_dataset(
-                        f"{group}/{name}", data=[str(s) for s in data], dtype=h5py.string_dtype()
-                    )
-                else:
-                    h5.create_dataset(f"{group}/{name}", data=data, chunks=True)
+def _row_problems(path: str, data: dict, rows: slice, k: int) -> list[str]:
+    """What is wrong with a done video's rows: none (or not K), non-finite features, a box outside [0, 1] or
+    with start >= end, times with start >= end."""
+    if rows.stop <= rows.start or (k and rows.stop - rows.start != k):
+        return [f"{path}: done with {rows.stop - rows.start} rows"]
+    out = []
+    if not np.isfinite(data["crops/features"][rows].astype(np.float32)).all():
+        out.append(f"{path}: non-finite features")
+    b = data["crops/boxes"][rows]
+    inside = (b >= 0).all() and (b <= 1).all()
+    ordered = (b[:, 0] < b[:, 1]).all() and (b[:, 2] < b[:, 4]).all() and (b[:, 3] < b[:, 5]).all()
+    if not (inside and ordered):
+        out.append(f"{path}: a box outside [0, 1] or with start >= end")
+    if "crops/start_s" in data:
+        t0, t1 = data["crops/start_s"][rows], data["crops/end_s"][rows]
+        known = np.isfinite(t0) & np.isfinite(t1)  # NaN: not recorded (rows written without times)
+        if (np.isfinite(t0) != np.isfinite(t1)).any() or (t0[known] < 0).any() or (t0 >= t1)[known].any():
+            out.append(f"{path}: row times negative, half missing or with start >= end")
     return out
 
 
@@ -162,6 +164,7 @@ def verify(path: str | Path, require_complete: bool = False) -> tuple[list[str],
     problems += [f"attribute {k!r} missing" for k in _REQUIRED_ATTRS if a.get(k) in (None, "", {})]
     n, k, d = st.n_videos, st.crops_per_video, st.feature_dim
     g = st.group
+    rows = n * k if k else st.n_shards * st.rows_per_shard
     want = {
         "videos/path": (n,),
         "videos/label": (n,),
@@ -169,12 +172,15 @@ def verify(path: str | Path, require_complete: bool = False) -> tuple[list[str],
         "videos/reason_code": (n,),
         "videos/reason": (n,),
         "videos/num_frames": (n,),
-        "crops/features": (n * k, d),
-        "crops/boxes": (n * k, 6),
-        "crops/flip": (n * k,),
+        "crops/features": (rows, d),
+        "crops/boxes": (rows, 6),
+        "crops/flip": (rows,),
     }
+    if st.schema_version >= 2:
+        want.update({"videos/row_start": (n,), "videos/row_count": (n,)})
+        want.update({"crops/start_s": (rows,), "crops/end_s": (rows,)})
     if a.get("map_shape"):
-        want["crops/maps"] = (n * k, *a["map_shape"])
+        want["crops/maps"] = (rows, *a["map_shape"])
     for name, shape in want.items():
         if name not in g:
             problems.append(f"array {name} missing")
@@ -197,19 +203,18 @@ def verify(path: str | Path, require_complete: bool = False) -> tuple[list[str],
         sv = status[v.start : v.stop] = data["videos/status"]
         codes, reasons = data["videos/reason_code"], [str(r) for r in data["videos/reason"].tolist()]
         problems.extend(f"{paths[v.start + j]}: unknown status {x}" for j, x in enumerate(sv) if x > FAILED)
-        feats = data["crops/features"].astype(np.float32).reshape(len(v), k, d)
-        boxes = data["crops/boxes"].reshape(len(v), k, 6)
+        if "videos/row_start" in data:
+            starts, counts = (
+                data["videos/row_start"].astype(np.int64),
+                data["videos/row_count"].astype(np.int64),
+            )
+        else:
+            starts, counts = np.arange(v.start, v.stop) * k, np.where(sv == DONE, k, 0)
+        r0 = st.shard_rows(s, (starts, counts)).start
         for j, i in enumerate(v):
             if sv[j] == DONE:
-                if not np.isfinite(feats[j]).all():
-                    problems.append(f"{paths[i]}: non-finite features")
-                b = boxes[j]
-                inside = (b >= 0).all() and (b <= 1).all()
-                ordered = (
-                    (b[:, 0] < b[:, 1]).all() and (b[:, 2] < b[:, 4]).all() and (b[:, 3] < b[:, 5]).all()
-                )
-                if not (inside and ordered):
-                    problems.append(f"{paths[i]}: a box outside [0, 1] or with start >= end")
+                rows = slice(int(starts[j] - r0), int(starts[j] - r0 + counts[j]))
+                problems.extend(_row_problems(paths[i], data, rows, k))
                 if codes[j] != 0:
                     problems.append(f"{paths[i]}: done but has reason code {codes[j]}")
             elif sv[j] == FAILED and (codes[j] == 0 or not reasons[j]):
@@ -219,7 +224,8 @@ def verify(path: str | Path, require_complete: bool = False) -> tuple[list[str],
     problems[:0] = [f"shard {s} ({_span(st, s, paths)}) damaged: {why}" for s, why in bad.items()]
     if "crops/maps" in g and (status == DONE).any():
         i = int(np.flatnonzero(status == DONE)[0])
-        if not np.isfinite(g["crops/maps"][i * k : i * k + 1].astype(np.float32)).all():
+        r = int(st.row_spans(range(i, i + 1))[0][0])
+        if not np.isfinite(g["crops/maps"][r : r + 1].astype(np.float32)).all():
             problems.append(f"{paths[i]}: non-finite feature map")
     leftovers = st.partial_files()
     if isinstance(st.path, Path):  # a store on object storage has no temporaries (a put is whole or absent)
