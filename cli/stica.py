@@ -246,6 +246,8 @@ def pretrain_stica_cmd(
     if broadcast_object(out.exists()) and not resume:
         end_distributed()
         fail(f"{out} exists: pass --resume to continue it, or choose another --out")
+    if ctx.is_main:
+        out.parent.mkdir(parents=True, exist_ok=True)
     given = dict(
         spatial_medium=spatial_medium,
         spatial_medium_size=spatial_medium_size,
