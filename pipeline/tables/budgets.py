@@ -47,12 +47,13 @@ class Budget:
     colours: str = "fixed"  # `vcache synth --colours`: pool = shape tells the class (docs/synth.md)
     threads: int = 2  # torch intra-op threads of every step, fixed and recorded (float rounding moves cells)
     # STiCA Table 3 (end-to-end `pretrain stica` on an audio-visual `synth --audio` set of its own):
-    t3_train: int = 8  # videos; the pretraining and the probes' train split
-    t3_test: int = 4
+    t3_train: int = 4  # videos; the pretraining and the probes' train split (QUICK: one step a run)
+    t3_test: int = 2
     t3_frames: int = 40  # frames a video (1.6 s at 25 fps: a 24-frame clip and its 1-s audio window)
     t3_input: int = 32  # crop side (R(2+1)D narrow: side / 16 map cells)
     t3_epochs: int = 1
     t3_batch: int = 4
+    t3_layout: str = "1x1"  # eval clips x crops of the stores the probes read
     t3_lr: float = 0.05  # SGD; the paper's 0.64 x batch / 512 barely moves in a few steps (docs/tables.md)
 
 
@@ -128,6 +129,7 @@ FULL = Budget(
     t3_input=64,
     t3_epochs=6,
     t3_batch=6,
+    t3_layout="5x1",
 )
 
 

@@ -353,7 +353,7 @@ def stica_t3(bl: Builder) -> dict[str, list[Path]]:
                 st = bl.work / "stores" / tag / f"{subset}_eval.zarr"
                 argv = ["extract", str(data / "videos"), *av, "--subset", subset, "--backbone"]
                 argv += ["r2plus1d_18_narrow", "--out", str(st), *weights, "--mode", "eval"]
-                argv += ["--layout", b.layout, "--workers", "0", "-q"]
+                argv += ["--layout", b.t3_layout, "--workers", "0", "-q"]
                 stores[subset] = (bl.plan.add(Step(f"extract/{tag}/{subset}_eval", argv, [st], deps)), st)
             res = bl.work / "probes" / tag / f"linear_s{seed}"
             argv = ["probe", "linear", str(stores["train"][1]), str(stores["test"][1]), "--out", str(res)]
