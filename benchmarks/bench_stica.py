@@ -189,12 +189,14 @@ def main() -> None:
             "cpus": os.cpu_count(),
         },
         "flops": fl,
-        "flop_ratio": {f"{s}/{b}": fl[s] / fl[b] for s, b in (("b", "a"), ("c", "a"), ("d", "c")) if s in fl},
+        "flop_ratio": {
+            f"{s}/{b}": fl[s] / fl[b] for s, b in (("b", "a"), ("c", "a"), ("d", "c")) if s in fl and b in fl
+        },
         "time": tm,
         "time_ratio": {
             f"{s}/{b}": tm[s]["median_s"] / tm[b]["median_s"]
             for s, b in (("b", "a"), ("c", "a"), ("d", "c"))
-            if s in tm
+            if s in tm and b in tm
         },
         "spectrogram_s_per_video": spec_s,
         "paper": {"b/a_flops": 3.2, "c/a": "about 1 (Table 1f: 30.0 vs 29.3 GPU-h/epoch)"},
