@@ -70,8 +70,14 @@ def stica(ctx, args: dict) -> dict:
     out = Path(args["out"])
     config = dict(args["config"])
     cfg = PretrainSticaConfig(**{**config, "views": ViewConfig(**config["views"])})
-    res = pretrain_stica(load_manifest("folder", args["videos"]), out, cfg, ctx=ctx)
-    return {"steps": res.steps, "no_audio_videos": res.no_audio_videos, "history": res.history}
+    steps: list[dict] = []  # as the command's progress: called on rank 0 only
+    res = pretrain_stica(load_manifest("folder", args["videos"]), out, cfg, ctx=ctx, progress=steps.append)
+    return {
+        "steps": res.steps,
+        "no_audio_videos": res.no_audio_videos,
+        "history": res.history,
+        "infos": steps,
+    }
 
 
 def main() -> None:

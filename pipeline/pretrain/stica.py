@@ -301,9 +301,11 @@ def pretrain_stica(
                 val = mean_over_ranks(float(loss.detach()))
                 total, count = total + val, count + 1
                 steps, step_global = steps + 1, step_global + 1
+                va = (
+                    None if l_va is None else mean_over_ranks(float(l_va.detach()))
+                )  # every rank: a collective
                 if progress is not None and ctx.is_main:
                     info = {"epoch": epoch, "step": steps, "loss": val, "lr": lr}
-                    va = None if l_va is None else mean_over_ranks(float(l_va.detach()))
                     progress(info if va is None else info | {"loss_va": va})
                 if max_steps is not None and steps >= max_steps:
                     break
