@@ -144,7 +144,7 @@ def timed(
 def spectrogram_seconds(repeats: int = 20) -> float:
     """Median seconds of one video's log-mel spectrogram (1 s of audio, real `log_mel`) on the CPU."""
     cfg = AudioConfig()
-    wav = np.random.default_rng(0).standard_normal(cfg.samples()).astype(np.float32) * 0.1
+    wav = np.random.default_rng(0).standard_normal(cfg.samples).astype(np.float32) * 0.1
     times = []
     for _ in range(repeats + 1):
         t0 = time.perf_counter()
@@ -167,9 +167,9 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     audio_base = args.audio_base or (16 if args.backbone.endswith("_narrow") else 64)
 
+    spec_s = spectrogram_seconds()
     fl = flops(args.batch, args.settings)
     tm = timed(args.backbone, args.batch, args.repeats, args.device, args.settings, audio_base)
-    spec_s = spectrogram_seconds()
     result = {
         "setting": {
             "batch_videos": args.batch,

@@ -301,9 +301,8 @@ def pretrain_stica(
                 val = mean_over_ranks(float(loss.detach()))
                 total, count = total + val, count + 1
                 steps, step_global = steps + 1, step_global + 1
-                va = (
-                    None if l_va is None else mean_over_ranks(float(l_va.detach()))
-                )  # every rank: a collective
+                # a collective: every rank, not only the one that reports
+                va = None if l_va is None else mean_over_ranks(float(l_va.detach()))
                 if progress is not None and ctx.is_main:
                     info = {"epoch": epoch, "step": steps, "loss": val, "lr": lr}
                     progress(info if va is None else info | {"loss_va": va})
