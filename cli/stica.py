@@ -217,20 +217,37 @@ def pretrain_stica_cmd(
     lambda_vv: float = typer.Option(0.5, help="Weight of the within-video term with --audio (paper: 0.5)."),
     lambda_va: float = typer.Option(0.5, help="Weight of the cross-modal term with --audio (paper: 0.5)."),
     audio_base: int = typer.Option(64, help="ResNet-9 first-stage channels (paper: 64; narrower for CPU)."),
+    require_audio: bool = typer.Option(
+        False,
+        "--require-audio",
+        help="Implies --audio; a video without an audio stream fails the run (exit 1, naming it) instead "
+        "of being left out of the cross-modal term [default: off].",
+    ),
 ) -> None:
     """End-to-end STiCA: feature crops + temporal transformer with the trunk trainable; --audio adds the
-    paper's cross-modal term (videos without an audio stream are left out of it and counted)."""
+    paper's cross-modal term (videos without an audio stream are left out of it and counted). Runs in one
+    process or under `torchrun --nproc-per-node N` (the batch is split over the processes)."""
     options.check_device(device)
     from vcache.data.datasets import ManifestError, load_manifest
     from vcache.learn.stica import ViewConfig
     from vcache.pretrain.stica import MODE_NAME, PretrainSticaConfig, pretrain_stica
+    from vcache.runtime.distributed import broadcast_object, end_distributed, init_distributed
 
-    if out.exists() and not resume:
-        fail(f"{out} exists: pass --resume to continue it, or choose another --out")
     try:
         manifest = load_manifest(fmt, videos, annotations, split=split, subset=subset)
     except ManifestError as e:
         fail(str(e))
+    try:
+        ctx = init_distributed(device)
+    except ValueError as e:
+        fail(str(e), code=2)
+    quiet = quiet or not ctx.is_main
+    # rank 0 decides: the other ranks' disks may not hold the checkpoint that only rank 0 writes
+    if broadcast_object(out.exists()) and not resume:
+        end_distributed()
+        fail(f"{out} exists: pass --resume to continue it, or choose another --out")
+    if ctx.is_main:
+        out.parent.mkdir(parents=True, exist_ok=True)
     given = dict(
         spatial_medium=spatial_medium,
         spatial_medium_size=spatial_medium_size,
@@ -260,7 +277,8 @@ def pretrain_stica_cmd(
         epochs=epochs,
         seed=seed,
         workers=workers,
-        audio=audio,
+        audio=audio or require_audio,
+        require_audio=require_audio,
         audio_base=audio_base,
         lambda_vv=lambda_vv,
         lambda_va=lambda_va,
@@ -273,13 +291,17 @@ def pretrain_stica_cmd(
             )
 
     try:
-        res = pretrain_stica(manifest, out, cfg, resume=resume, device=device, progress=on_step)
+        res = pretrain_stica(manifest, out, cfg, resume=resume, device=device, progress=on_step, ctx=ctx)
     except (ValueError, KeyError) as e:
+        end_distributed()
         fail(str(e))
+    end_distributed()
+    if not ctx.is_main:
+        return
     console.print(
         f"[green]done[/] {MODE_NAME}: {res.epochs_done} epochs, {res.steps} steps -> {out} "
         f"({res.failed_videos} undecodable video draws skipped"
-        + (f"; {res.no_audio_videos} videos without audio left out of L_va" if audio else "")
+        + (f"; {res.no_audio_videos} videos without audio left out of L_va" if cfg.audio else "")
         + "); load it with "
         f"`vcache extract --backbone {backbone} --checkpoint {out}`"
     )

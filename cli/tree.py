@@ -36,7 +36,7 @@ app.add_typer(probe_app, name="probe")
 
 
 # Commands that run under torchrun (one share of the work per rank); every other command is one process.
-_MULTI_PROCESS = {"extract", "pretrain cvrl", "pretrain svt"}
+_MULTI_PROCESS = {"extract", "pretrain cvrl", "pretrain svt", "pretrain stica"}
 _GROUPS = {"pretrain", "train-aggregator", "probe"}  # their own callbacks see the full command
 
 
@@ -49,7 +49,7 @@ def _refuse_torchrun(command: str) -> None:
     if int(os.environ.get("RANK", "0") or 0) == 0:
         typer.echo(
             f"error: `vcache {command}` runs in one process and cannot use torchrun (WORLD_SIZE={world}); "
-            "start it without torchrun (only extract, pretrain cvrl and pretrain svt use several processes)",
+            "start it without torchrun (only extract and pretrain cvrl, svt and stica use several processes)",
             err=True,
         )
     raise typer.Exit(2)

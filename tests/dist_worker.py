@@ -58,12 +58,35 @@ def cvrl(ctx, args: dict) -> dict:
     return summary
 
 
+def stica(ctx, args: dict) -> dict:
+    """End-to-end STiCA (with audio when the config says so) on this rank's share of every batch."""
+    from vcache.data.datasets import load_manifest
+    from vcache.learn.stica import ViewConfig
+    from vcache.pretrain.stica import PretrainSticaConfig, pretrain_stica
+
+    torch.set_num_threads(1)
+    if args.get("float64"):
+        torch.set_default_dtype(torch.float64)
+    out = Path(args["out"])
+    config = dict(args["config"])
+    cfg = PretrainSticaConfig(**{**config, "views": ViewConfig(**config["views"])})
+    steps: list[dict] = []  # as the command's progress: called on rank 0 only
+    res = pretrain_stica(load_manifest("folder", args["videos"]), out, cfg, ctx=ctx, progress=steps.append)
+    return {
+        "steps": res.steps,
+        "no_audio_videos": res.no_audio_videos,
+        "history": res.history,
+        "infos": steps,
+    }
+
+
 def main() -> None:
     mode, out_dir = sys.argv[1], Path(sys.argv[2])
     args = json.loads(sys.argv[3]) if len(sys.argv) > 3 else {}
     ctx = init_distributed("cpu", timeout_s=60)  # a rank left waiting fails the test in a minute
     try:
-        result = collectives(ctx) if mode == "collectives" else cvrl(ctx, args)
+        run = {"collectives": lambda: collectives(ctx), "stica": lambda: stica(ctx, args)}
+        result = run[mode]() if mode in run else cvrl(ctx, args)
     finally:
         end_distributed()
     out_dir.mkdir(parents=True, exist_ok=True)

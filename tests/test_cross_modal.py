@@ -99,3 +99,41 @@ def test_a_few_steps_of_audio_encoder_and_video_projection_lower_the_cross_modal
         opt.step()
         losses.append(float(loss.detach()))
     assert losses[-1] < 0.7 * losses[0], losses
+
+
+def test_videos_without_audio_are_masked_out_of_every_term_also_when_split_over_ranks() -> None:
+    """A mute video is a row whose audio embedding is a placeholder: with its mask the loss (and gradient)
+    equals the loss of the videos with audio alone, in one process and split over 2 "ranks" whose shares
+    of the mute videos differ (each rank's sum over its valid anchors / the global count, x the world)."""
+    g = torch.Generator().manual_seed(2)
+    base = [torch.randn(8, 12, generator=g, dtype=torch.float64) for _ in range(3)]
+    base[2][[1, 2, 6]] = 0.0  # rows 1, 2 (rank 0) and 6 (rank 1) have no audio
+    valid = torch.ones(8, dtype=torch.bool)
+    valid[[1, 2, 6]] = False
+    keep = torch.nonzero(valid).flatten()
+    ref_in = [t[keep].clone().requires_grad_() for t in base]
+    ref = cross_modal_loss(*ref_in)
+    ref.backward()
+    whole = cross_modal_loss(*base, valid=valid)
+    torch.testing.assert_close(whole, ref.detach())
+    split = [t.clone().requires_grad_() for t in base]
+    parts = [
+        2
+        * cross_modal_loss(
+            *(t[r * 4 : (r + 1) * 4] for t in split),
+            all_v1=split[0],
+            all_v2=split[1],
+            all_a=split[2],
+            offset=4 * r,
+            valid=valid[r * 4 : (r + 1) * 4],
+            all_valid=valid,
+            denominator=int(valid.sum()),
+        )
+        for r in range(2)
+    ]
+    loss = (parts[0] + parts[1]) / 2
+    loss.backward()
+    torch.testing.assert_close(loss, ref.detach())
+    for r, s in zip(ref_in, split, strict=True):
+        torch.testing.assert_close(s.grad[keep], r.grad)
+        assert float(s.grad[~valid].abs().sum()) == 0.0  # nothing flows to or from a mute video

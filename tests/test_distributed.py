@@ -128,7 +128,6 @@ def test_every_parameter_of_a_training_backbone_gets_a_gradient() -> None:
 @pytest.mark.parametrize(
     "command",
     [
-        ["pretrain", "stica", "v", "--out", "x.pt"],
         ["train-aggregator", "scale", "s.zarr", "--out", "x.pt"],
         ["train-aggregator", "stica", "s.zarr", "--out", "x.pt"],
         ["probe", "knn", "a.zarr", "b.zarr"],

@@ -177,6 +177,28 @@ def test_loss_matches_eq1_term_by_term_and_is_pure():
     torch.testing.assert_close(loss, torch.stack(ref).sum() / terms)
 
 
+def test_within_video_loss_split_over_ranks_with_gathered_candidates_is_the_whole_batch_loss():
+    """What `pretrain stica` under torchrun computes: each rank's videos as anchors against every rank's
+    views (gathered), at its offset; the mean over ranks equals the whole batch's loss, values and grads."""
+    torch.manual_seed(2)
+    small = [False, True, True]
+    base = [torch.randn(6, 3, 5, dtype=torch.float64) for _ in range(2)]
+    whole = [t.clone().requires_grad_() for t in base]
+    within_video_loss(*whole, small, small, 0.5)[0].backward()
+    split = [t.clone().requires_grad_() for t in base]
+    parts = [
+        within_video_loss(*(t[3 * r : 3 * r + 3] for t in split), small, small, 0.5, *split, offset=3 * r)[0]
+        for r in range(2)
+    ]
+    loss = (parts[0] + parts[1]) / 2
+    loss.backward()
+    torch.testing.assert_close(loss, within_video_loss(*base, small, small, 0.5)[0])
+    for w, s in zip(whole, split, strict=True):
+        torch.testing.assert_close(s.grad, w.grad)
+    with pytest.raises(ValueError, match="offset"):
+        within_video_loss(base[0][:3], base[1][:3], small, small, 0.5, *base, offset=4)
+
+
 def test_a_few_steps_lower_the_loss(tmp_path):
     store = make_map_store(tmp_path / "maps.zarr", n_videos=8, noise=3.0)  # instances, not classes
     a, b, _ = next(PairMaps(store).batches(0, 8, seed=0))

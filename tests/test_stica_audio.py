@@ -50,6 +50,21 @@ def test_cli_trains_with_audio_and_counts_the_video_without_audio(av_videos: Pat
     audio_params = sum(1 for k in state["audio"] if "running" not in k and "num_batches" not in k)
     assert n_params > audio_params > 0
     assert set(range(n_params - audio_params, n_params)) <= set(state["optimizer"]["state"])
+    assert len(state["no_audio"]) == 1
+    # the count survives --resume (here nothing is left to train: the count is the state's)
+    again = ["pretrain", "stica", str(av_videos), "--out", str(out), "--audio", "--resume", *SMALL]
+    res = CliRunner().invoke(app, again)
+    assert res.exit_code == 0, res.output
+    assert "0 steps" in res.output and "1 videos without audio left out of L_va" in res.output
+
+
+def test_require_audio_fails_on_a_video_without_audio(av_videos: Path, tmp_path: Path) -> None:
+    out = tmp_path / "req.pt"
+    args = ["pretrain", "stica", str(av_videos), "--out", str(out), "--require-audio", *SMALL]
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 1, res.output
+    assert "mute_" in res.output and "has no audio stream (--require-audio)" in res.output
+    assert not out.exists()
 
 
 def test_the_cross_modal_term_enters_each_step_and_its_weights_apply(av_videos: Path, tmp_path: Path) -> None:
@@ -100,3 +115,49 @@ def test_a_state_file_from_before_the_audio_settings_still_resumes(av_videos: Pa
     assert res.epochs_done == 1
     with pytest.raises(ValueError, match="settings differ"):  # but other settings are still compared
         pretrain_stica(manifest, out, PretrainSticaConfig(**base, epochs=1, audio=True), resume=True)
+
+
+def _ddp_config(**kw) -> dict:
+    views = dict(spatial_medium_size=2, spatial_small_size=1, temporal_medium_size=2, temporal_small_size=1)
+    base = dict(backbone="r2plus1d_18_narrow", clip_frames=24, frame_stride=1, input_size=32, width=32)
+    base |= dict(views=views, batch_size=6, epochs=2, workers=0, lr=0.05, warmup_epochs=0, audio_base=8)
+    return base | dict(audio=True, seed=1) | kw
+
+
+def test_one_process_equals_two_under_torchrun(av_videos: Path, tmp_path: Path) -> None:
+    """Batch 6 in one process vs 3 + 3 in a real torchrun job (gloo, 2 processes), with the mute video in
+    the batches: same L_vv + L_va per epoch, the same trunk, head and audio encoder after 2 steps. This
+    exercises the gathered candidates of both terms, the mute video's mask in the gathered L_va, the
+    synchronised batch norms and the averaged gradients."""
+    from test_distributed import torchrun
+
+    from vcache.learn.stica import ViewConfig
+    from vcache.pretrain.stica import _state_path
+
+    cfg = _ddp_config()
+    one = tmp_path / "one.pt"
+    torch.set_default_dtype(torch.float64)  # compare the arithmetic, not float32 rounding
+    try:
+        config = PretrainSticaConfig(**{**cfg, "views": ViewConfig(**cfg["views"])})
+        ref = pretrain_stica(load_manifest("folder", av_videos), one, config, device="cpu")
+    finally:
+        torch.set_default_dtype(torch.float32)
+    assert ref.steps == 2 and ref.no_audio_videos == 1  # seed 1 puts the mute video in a batch
+    two = tmp_path / "two.pt"
+    args = {"videos": str(av_videos), "out": str(two), "config": cfg, "float64": True}
+    a, b = torchrun("stica", tmp_path / "res", args)
+    assert a["steps"] == b["steps"] == 2 and a["no_audio_videos"] == 1
+    # the progress callback runs on rank 0 only and the collectives it reports stay matched across ranks
+    assert len(a["infos"]) == 2 and b["infos"] == [] and all("loss_va" in i for i in a["infos"])
+    np.testing.assert_allclose([h["loss"] for h in a["history"]], [h["loss"] for h in ref.history], rtol=1e-9)
+    s1, s2 = (torch.load(_state_path(p), weights_only=False) for p in (one, two))
+    assert s2["no_audio"] == s1["no_audio"] and len(s1["no_audio"]) == 1
+    w1, w2 = (torch.load(p, weights_only=True)["state_dict"] for p in (one, two))
+    for name, (x, y) in {
+        "trunk": (w1, w2),
+        "head": (s1["head"], s2["head"]),
+        "audio": (s1["audio"], s2["audio"]),
+    }.items():
+        for k, v in x.items():
+            if v.is_floating_point():
+                torch.testing.assert_close(y[k], v, rtol=1e-7, atol=1e-9, msg=f"{name} {k}")

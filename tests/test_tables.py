@@ -54,6 +54,7 @@ def test_quick_tables_end_to_end(tmp_path: Path) -> None:
         "CVRL",
         "SVT",
         "1b",
+        "STiCA Table 3",
     ):
         assert name in md
     tables = _tables(md)
@@ -78,6 +79,7 @@ def test_quick_tables_end_to_end(tmp_path: Path) -> None:
     assert orderings and all(r["verdict"] in verdicts for r in orderings.values()), orderings
     assert all("ci95" in r or r.get("parts") for r in orderings.values())
     assert any("BN statistics only" in name for name in orderings)  # the lr-0 control is compared
+    assert "STiCA T3: full method above its lr-0 control" in orderings
     assert "| ordering | verdict |" in (out / "orderings.md").read_text()
     curves = json.loads((out / "pretrain_losses.json").read_text())["curves"]
     assert {"r3d_cvrl", "r3d_cvrl_bn", "vit_svt"} <= set(curves)

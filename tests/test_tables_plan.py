@@ -50,3 +50,25 @@ def test_quick_shares_the_fixed_lr_run_with_the_main_cell(tmp_path: Path) -> Non
     _, full = build(FULL, tmp_path)
     assert set(full["t8"]["SET + MCM"]).isdisjoint(full["main"][("r3d_cvrl", "scale_ft")])
     assert all(p.name.endswith("_fixed") for p in full["t8"]["SET + MCM"])
+
+
+def test_stica_table3_rows_and_controls(tmp_path: Path) -> None:
+    """STiCA Table 3: every row pretrains end to end on the audio-visual set (its own synth step), with the
+    paper's loss weights and crop settings; the lr-0 control is the full row's run at lr 0; random init
+    takes the init seed and the trained clips; three runs a row in the default budget."""
+    bl, layout = build(FULL, tmp_path)
+    steps = bl.plan.steps
+    assert "--audio" in steps["synth_av"].argv
+    t3 = layout["stica_t3"]
+    assert len(t3) == 6 and all(len(v) == 3 for v in t3.values())
+    video, cross, av, full = (steps[f"pretrain/t3_r{i}_p1"].argv for i in range(4))
+    assert "--no-audio" in video and "--include-full" in video and "--include-full" not in full
+    assert cross[cross.index("--lambda-vv") + 1] == "0" and "--audio" in av and "--audio" in full
+    assert av == [a.replace("t3_r3", "t3_r2") for a in full] + av[len(full) :]  # + the no-crop options
+    bn = steps["pretrain/t3_r5_p1"].argv
+    assert bn == [a.replace("t3_r3", "t3_r5") for a in full] + ["--lr", "0"]
+    assert "pretrain/t3_r4_p1" not in steps  # random init: nothing to pretrain
+    rnd = steps["extract/t3_r4_p2/test_eval"].argv
+    assert rnd[rnd.index("--init-seed") + 1] == "2" and rnd[rnd.index("--input-size") + 1] == "64"
+    assert "--checkpoint" in steps["extract/t3_r3_p2/test_eval"].argv
+    assert QUICK.t3_train // QUICK.t3_batch == 1  # QUICK: one optimiser step a run

@@ -142,12 +142,23 @@ def ema_update(teacher: nn.Module, student: nn.Module, momentum: float) -> None:
         bt.copy_(bs)
 
 
-def nce(anchors: Tensor, candidates: Tensor, temperature: float = 0.1, offset: int = 0) -> Tensor:
+def nce(
+    anchors: Tensor,
+    candidates: Tensor,
+    temperature: float = 0.1,
+    offset: int = 0,
+    valid: Tensor | None = None,
+    all_valid: Tensor | None = None,
+    denominator: int | None = None,
+) -> Tensor:
     """STiCA eq. 1, L(alpha, beta): mean over the n anchors z_alpha,i of
     -log softmax_j(sim(z_alpha,i, z_beta,j) / tau) at j = offset + i (cosine similarity).
 
     ``candidates`` (N, d) are the beta embeddings of the whole (possibly gathered, rank order) batch, and
     ``offset`` is where this rank's n videos start in them; the other videos are the negatives.
+    Masks (a video without audio has no audio embedding): ``valid`` (n,) bool marks the anchors that count,
+    ``all_valid`` (N,) the candidates; the others are left out of every softmax. With ``denominator`` the
+    loss is the sum over the valid anchors divided by it (the valid anchors of every rank), else their mean.
     """
     n, big_n = anchors.shape[0], candidates.shape[0]
     if anchors.dim() != 2 or candidates.dim() != 2 or anchors.shape[1] != candidates.shape[1]:
@@ -157,7 +168,14 @@ def nce(anchors: Tensor, candidates: Tensor, temperature: float = 0.1, offset: i
     if big_n < 2 or not 0 <= offset <= big_n - n:
         raise ValueError(f"offset {offset} does not place {n} anchors among {big_n} candidates (need N >= 2)")
     logits = F.normalize(anchors, dim=1) @ F.normalize(candidates, dim=1).T / temperature
-    return F.cross_entropy(logits, torch.arange(n, device=anchors.device) + offset)
+    target = torch.arange(n, device=anchors.device) + offset
+    if all_valid is not None:
+        logits = logits.masked_fill(~all_valid[None, :], float("-inf"))
+    if valid is None and denominator is None:
+        return F.cross_entropy(logits, target)
+    rows = torch.arange(n, device=anchors.device) if valid is None else torch.nonzero(valid).flatten()
+    total = F.cross_entropy(logits[rows], target[rows], reduction="sum")
+    return total / (denominator if denominator is not None else max(1, len(rows)))
 
 
 def cross_modal_loss(
@@ -169,6 +187,9 @@ def cross_modal_loss(
     all_v2: Tensor | None = None,
     all_a: Tensor | None = None,
     offset: int = 0,
+    valid: Tensor | None = None,
+    all_valid: Tensor | None = None,
+    denominator: int | None = None,
 ) -> Tensor:
     """STiCA's cross-modal term (Sec. 3.4, eq. 7): L_va = L(v_L1, a) + L(v_L2, a) + L(a, v_L1) + L(a, v_L2),
     each term eq. 1 at tau = 0.1 (appendix), returned as the mean of the four terms.
@@ -178,7 +199,8 @@ def cross_modal_loss(
     crop, each itself 0.5 x (av + va)), which keeps it on the scale of the within-video mean. The official
     code also detaches the candidates (gradients only through the anchors); we keep eq. 1's full gradient.
     Distributed: ``all_*`` are the gathered (with gradient, rank order) embeddings and ``offset`` is this
-    rank's start, as in :func:`info_nce`.
+    rank's start, as in :func:`info_nce`. Videos without audio: ``valid`` / ``all_valid`` / ``denominator``
+    as in :func:`nce` leave them out of every term (their rows of ``a`` are ignored).
     """
     if not v1.shape == v2.shape == a.shape:
         raise ValueError(
@@ -187,11 +209,14 @@ def cross_modal_loss(
     all_v1 = v1 if all_v1 is None else all_v1
     all_v2 = v2 if all_v2 is None else all_v2
     all_a = a if all_a is None else all_a
+    if valid is not None and all_valid is None:
+        all_valid = valid
+    masks = dict(valid=valid, all_valid=all_valid, denominator=denominator)
     terms = [
-        nce(v1, all_a, temperature, offset),
-        nce(v2, all_a, temperature, offset),
-        nce(a, all_v1, temperature, offset),
-        nce(a, all_v2, temperature, offset),
+        nce(v1, all_a, temperature, offset, **masks),
+        nce(v2, all_a, temperature, offset, **masks),
+        nce(a, all_v1, temperature, offset, **masks),
+        nce(a, all_v2, temperature, offset, **masks),
     ]
     return torch.stack(terms).mean()
 

@@ -27,7 +27,7 @@ from __future__ import annotations
 import hashlib
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -36,12 +36,22 @@ import numpy as np
 import torch
 
 from vcache.data.crops import CropSettings
-from vcache.extract.workers import DecodePool, DecodeTask
+from vcache.extract.workers import DecodePool
 from vcache.learn.stica import HeadConfig, TemporalHead, ViewConfig, train_step
 from vcache.models import Preprocessing, build_backbone, save_checkpoint
 from vcache.pretrain.losses import stica_total
 from vcache.pretrain.stica_audio import AudioSide
-from vcache.store import DONE
+from vcache.pretrain.stica_batches import local_batches
+from vcache.runtime.distributed import (
+    DistContext,
+    all_gather_grad,
+    average_gradients,
+    broadcast_object,
+    convert_batchnorm,
+    mean_over_ranks,
+    sum_over_ranks,
+    union_over_ranks,
+)
 
 METHOD = "stica"
 MODE_NAME = "end-to-end STiCA (trunk trainable, video only)"
@@ -71,6 +81,7 @@ class PretrainSticaConfig:
     workers: int = 2  # decoding processes (0: decode in this process)
     timeout_s: float = 300.0
     audio: bool = False  # add the cross-modal term (eq. 7); videos without audio are counted and skipped
+    require_audio: bool = False  # with audio: a video without an audio stream fails the run instead
     audio_base: int = 64  # ResNet-9 channels of its first stage (paper: 64; 8 for CPU tests)
     lambda_vv: float = 0.5  # eq. 7 weights (official code: cross_modal_alpha 0.5); used with audio only
     lambda_va: float = 0.5
@@ -83,7 +94,14 @@ class PretrainSticaConfig:
         return asdict(self)
 
 
-_AUDIO_KEYS = ("audio", "audio_base", "lambda_vv", "lambda_va", "cross_temperature")  # added by issue 17
+_AUDIO_KEYS = (
+    "audio",
+    "audio_base",
+    "lambda_vv",
+    "lambda_va",
+    "cross_temperature",
+    "require_audio",
+)  # issue 17
 
 
 @dataclass
@@ -128,33 +146,25 @@ def _epoch_settings(cfg: PretrainSticaConfig, pre: Preprocessing, epoch: int) ->
     )
 
 
-def _clips(
-    manifest: Any, settings: CropSettings, order: np.ndarray, pool: DecodePool, stats: dict[str, int]
-) -> Iterator[Any]:
-    """Yield each decodable video's result (crops: its (2, T, S, S, 3) uint8 pair) in `order`, decoding
-    ahead in `pool`."""
-    root = Path(manifest.root)
-    ahead = 2 * max(1, pool.n_workers) + 2  # keep every worker busy while the trunk trains
-    it = iter(order)
-    waiting = 0
-    done = False
-    while True:
-        while not done and waiting < ahead:
-            v = next(it, None)
-            if v is None:
-                done = True
-                break
-            path = manifest.paths[int(v)]
-            pool.submit(DecodeTask(int(v), str(root / path), path, settings))
-            waiting += 1
-        if waiting == 0:
-            return
-        for res in pool.get(block=True):
-            waiting -= 1
-            if res.meta.status != DONE or res.crops is None:
-                stats["failed"] += 1
-                continue
-            yield res
+def _resume(out: Path, cfg: PretrainSticaConfig, ctx: DistContext) -> tuple[dict | None, dict | None]:
+    """(training state, trunk weights) to continue from, read on rank 0 and sent to every rank (the other
+    ranks' disks may not hold them); (None, None) for a fresh run."""
+    state = trunk = None
+    if ctx.is_main and out.exists():
+        state_file = _state_path(out)
+        if not state_file.exists():
+            state = {"error": f"--resume: {state_file} (head and optimizer state) is missing"}
+        else:
+            state = torch.load(state_file, map_location="cpu", weights_only=False)
+            added = {k: v for k, v in PretrainSticaConfig().to_dict().items() if k in _AUDIO_KEYS}
+            if added | state["config"] != cfg.to_dict() | {"epochs": state["config"]["epochs"]}:
+                state = {"error": "--resume: settings differ from the checkpoint's"}
+            else:
+                trunk = build_backbone(cfg.backbone, checkpoint=out).state_dict()
+    state, trunk = broadcast_object((state, trunk)) if ctx.distributed else (state, trunk)
+    if state is not None and "error" in state:
+        raise ValueError(state["error"])
+    return state, trunk
 
 
 def pretrain_stica(
@@ -166,61 +176,72 @@ def pretrain_stica(
     device: str = "auto",
     progress: Callable[[dict[str, float]], None] | None = None,
     max_steps: int | None = None,
+    ctx: DistContext | None = None,
 ) -> PretrainResult:
     """Pretrain `cfg.backbone` with STiCA on the videos of `manifest`; write `out` after every epoch
-    (and at the end of a run cut short by `max_steps`). Returns the run's summary."""
+    (and at the end of a run cut short by `max_steps`). Returns the run's summary.
+
+    Under torchrun (``ctx`` from `init_distributed`) each rank decodes and trains on its share of every
+    global batch of `cfg.batch_size` videos; embeddings are gathered with gradient, batch norms are
+    synchronised, gradients averaged, and only rank 0 writes: one process equals several."""
     from vcache.runtime.devices import resolve_device
 
     t_start = time.perf_counter()
     out = Path(out)
-    dev = resolve_device(device)
+    ctx = ctx or DistContext(0, 1, resolve_device(device))
+    dev = ctx.device
     torch.manual_seed(cfg.seed)
     state_file = _state_path(out)
-    start_epoch, history, state = 0, [], None
-    if resume and out.exists():
-        if not state_file.exists():
-            raise ValueError(f"--resume: {state_file} (head and optimizer state) is missing")
-        state = torch.load(state_file, map_location="cpu", weights_only=False)
-        added = {k: v for k, v in PretrainSticaConfig().to_dict().items() if k in _AUDIO_KEYS}
-        if added | state["config"] != cfg.to_dict() | {"epochs": state["config"]["epochs"]}:
-            raise ValueError("--resume: settings differ from the checkpoint's")
-        model = build_backbone(cfg.backbone, checkpoint=out)
+    start_epoch, history = 0, []
+    state, trunk = _resume(out, cfg, ctx) if resume else (None, None)
+    model = build_backbone(cfg.backbone)
+    if trunk is not None:
+        model.load_state_dict(trunk)
         start_epoch, history = int(state["epochs_done"]), list(state["history"])
-    else:
-        model = build_backbone(cfg.backbone)
-    model = model.to(dev)
+    model = convert_batchnorm(model, dev).to(dev)
     model.preprocessing = pre = trained_preprocessing(cfg, model.preprocessing)
     settings0 = _epoch_settings(cfg, pre, 0)
     t, h, w, c = model.map_shape(settings0.clip_frames, settings0.input_size)
     cfg.views.check((t, h, w))
     head = TemporalHead(
         HeadConfig(in_dim=c, width=cfg.width, depth=cfg.depth, heads=cfg.heads, proj_dim=cfg.proj_dim)
-    ).to(dev)
+    )
+    head = convert_batchnorm(head, dev).to(dev)
     params = list(model.parameters()) + list(head.parameters())
     audio = None
-    if cfg.audio:
-        audio = AudioSide(manifest.root, manifest.paths, cfg.audio_base, cfg.cross_temperature).to(dev)
+    if cfg.audio or cfg.require_audio:
+        audio = AudioSide(
+            manifest.root, manifest.paths, cfg.audio_base, cfg.cross_temperature, cfg.require_audio
+        )
+        audio = convert_batchnorm(audio, dev).to(dev)
         params += list(audio.parameters())
     opt = torch.optim.SGD(params, lr=cfg.base_lr(), momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     if state is not None:
         head.load_state_dict(state["head"])
         if audio is not None:
             audio.load_state_dict(state["audio"])
+            audio.missing = set(state.get("no_audio", []))
         opt.load_state_dict(state["optimizer"])
-    mean = torch.tensor(pre.mean, device=dev).view(1, 3, 1, 1, 1) * 255
-    std = torch.tensor(pre.std, device=dev).view(1, 3, 1, 1, 1) * 255
+    dtype = next(model.parameters()).dtype  # inputs follow the weights (float64 in the tests)
+    mean = torch.tensor(pre.mean, device=dev, dtype=dtype).view(1, 3, 1, 1, 1) * 255
+    std = torch.tensor(pre.std, device=dev, dtype=dtype).view(1, 3, 1, 1, 1) * 255
     n = len(manifest.paths)
-    if cfg.batch_size < 2 or n < cfg.batch_size:
+    if cfg.batch_size < 2 or n < cfg.batch_size or cfg.batch_size % ctx.world:
         raise ValueError(
-            f"batch size {cfg.batch_size} with {n} videos: need 2 <= batch size <= videos "
-            "(the other videos of a batch are the negatives)"
+            f"batch size {cfg.batch_size} with {n} videos and {ctx.world} processes: need 2 <= batch size "
+            "<= videos (the other videos of a batch are the negatives), divisible by the processes"
         )
-    steps_per_epoch = max(1, n // cfg.batch_size)
+    local = cfg.batch_size // ctx.world
+    steps_per_epoch = n // cfg.batch_size
     warmup_steps = max(1, min(cfg.warmup_epochs, cfg.epochs) * steps_per_epoch)
     stats = {"failed": 0}
     steps, step_global = 0, start_epoch * steps_per_epoch
+    gather = all_gather_grad if ctx.distributed else None
 
     def save(epochs_done: int) -> None:
+        no_audio = sorted(union_over_ranks(audio.missing)) if audio is not None else []
+        if not ctx.is_main:
+            return
         config = {
             "method": METHOD,
             "mode": MODE_NAME,
@@ -237,6 +258,7 @@ def pretrain_stica(
                 "config": cfg.to_dict(),
                 "head": head.state_dict(),
                 "audio": None if audio is None else audio.state_dict(),
+                "no_audio": no_audio,  # videos without audio seen so far: the count survives --resume
                 "optimizer": opt.state_dict(),
                 "epochs_done": epochs_done,
                 "history": history,
@@ -247,39 +269,43 @@ def pretrain_stica(
 
     with DecodePool(cfg.workers, cfg.timeout_s) as pool:
         for epoch in range(start_epoch, cfg.epochs):
-            model.train()
-            head.train()
-            if audio is not None:
-                audio.train()
+            for m in (model, head, audio):
+                if m is not None:
+                    m.train()
             settings = _epoch_settings(cfg, pre, epoch)
-            rng = np.random.default_rng([cfg.seed, epoch])
+            rng = np.random.default_rng([cfg.seed, epoch])  # the same draws on every rank
             order = rng.permutation(n)
-            total, count, batch = 0.0, 0, []
-            for res in _clips(manifest, settings, order, pool, stats):
-                batch.append(res)
-                if len(batch) < cfg.batch_size:
-                    continue
-                results, batch = batch, []
-                x = torch.from_numpy(np.stack([r.crops for r in results])).to(dev)  # (B, 2, T, S, S, 3)
-                x = x.flatten(0, 1).permute(0, 4, 1, 2, 3).float()  # rows 2i, 2i+1: L_1, L_2 of video i
+            total, count = 0.0, 0
+            batches = local_batches(
+                manifest, settings, order, cfg.batch_size, ctx.rank, ctx.world, pool, stats
+            )
+            for videos, results in batches:
+                x = torch.from_numpy(np.stack([r.crops for r in results])).to(dev)  # (b, 2, T, S, S, 3)
+                x = x.flatten(0, 1).permute(0, 4, 1, 2, 3).to(dtype)  # rows 2i, 2i+1: L_1, L_2 of video i
                 x = (x - mean) / std
                 lr = cfg.base_lr() * min(1.0, (step_global + 1) / warmup_steps)
                 for g in opt.param_groups:
                     g["lr"] = lr
                 _, fmap = model(x)
-                loss, _ = train_step(head, fmap[0::2], fmap[1::2], cfg.views, cfg.temperature, rng)
-                l_va = None if audio is None else audio.loss(head, fmap[0::2], fmap[1::2], results, rng)
+                loss, _ = train_step(
+                    head, fmap[0::2], fmap[1::2], cfg.views, cfg.temperature, rng, gather, ctx.rank * local
+                )
+                l_va = None
                 if audio is not None:
+                    l_va = audio.loss(head, fmap[0::2], fmap[1::2], videos, results, [cfg.seed, epoch])
                     loss = stica_total(loss, l_va, cfg.lambda_vv, cfg.lambda_va)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
+                average_gradients(params)
                 opt.step()
-                val = float(loss.detach())
+                val = mean_over_ranks(float(loss.detach()))
                 total, count = total + val, count + 1
                 steps, step_global = steps + 1, step_global + 1
-                if progress is not None:
+                # a collective: every rank, not only the one that reports
+                va = None if l_va is None else mean_over_ranks(float(l_va.detach()))
+                if progress is not None and ctx.is_main:
                     info = {"epoch": epoch, "step": steps, "loss": val, "lr": lr}
-                    progress(info if l_va is None else info | {"loss_va": float(l_va.detach())})
+                    progress(info if va is None else info | {"loss_va": va})
                 if max_steps is not None and steps >= max_steps:
                     break
             if max_steps is not None and steps >= max_steps:
@@ -288,12 +314,13 @@ def pretrain_stica(
                 break
             history.append({"epoch": epoch + 1, "loss": total / max(count, 1)})
             save(epoch + 1)
+    (failed,) = sum_over_ranks([stats["failed"]])
     return PretrainResult(
         checkpoint=out,
         epochs_done=len([h_ for h_ in history if not h_.get("partial")]),
         steps=steps,
         history=history,
-        failed_videos=stats["failed"],
+        failed_videos=failed,
         seconds=time.perf_counter() - t_start,
-        no_audio_videos=0 if audio is None else len(audio.missing),
+        no_audio_videos=0 if audio is None else len(union_over_ranks(audio.missing)),
     )

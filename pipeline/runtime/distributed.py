@@ -228,3 +228,48 @@ def check_replicas(module: nn.Module, rtol: float = 1e-6) -> float:
             "not all reduced; the run is not valid"
         )
     return spread
+
+
+def average_gradients(params: list[nn.Parameter]) -> None:
+    """Average the gradients of ``params`` over ranks in one flat all-reduce: DDP's arithmetic, for a step
+    that runs several modules outside one wrapped forward (end-to-end STiCA). Parameters without a gradient
+    are skipped; every rank must have the same such set (the steps decide what enters the loss together)."""
+    if world_size() <= 1:
+        return
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads:
+        return
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    dist.all_reduce(flat)
+    flat /= dist.get_world_size()
+    start = 0
+    for g in grads:
+        g.copy_(flat[start : start + g.numel()].view_as(g))
+        start += g.numel()
+
+
+def gather_rows(x: Tensor) -> Tensor:
+    """Every rank's ``x`` (equal shapes) concatenated in rank order, without gradient (masks, counts)."""
+    if world_size() <= 1:
+        return x
+    parts = [torch.empty_like(x) for _ in range(dist.get_world_size())]
+    dist.all_gather(parts, x.contiguous())
+    return torch.cat(parts)
+
+
+def sum_over_ranks(values: list[int]) -> list[int]:
+    """Element-wise sum of integer ``values`` over every rank (``values`` itself outside a process group)."""
+    if world_size() <= 1:
+        return list(values)
+    t = torch.tensor(values, dtype=torch.int64, device=collective_device())
+    dist.all_reduce(t)
+    return [int(v) for v in t.tolist()]
+
+
+def union_over_ranks(items: set[int]) -> set[int]:
+    """The union of every rank's set (the set itself outside a process group)."""
+    if world_size() <= 1:
+        return set(items)
+    parts: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(parts, sorted(items))
+    return {int(v) for p in parts for v in p}

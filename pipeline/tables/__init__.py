@@ -16,6 +16,7 @@ One module per concept; data flows down this list (each imports only modules abo
 - ``figures``: the matplotlib figures of SCALE Tables 8-11.
 - ``markdown``: our cells (stat, fmt), one markdown section per table, the orderings' verdicts, and
   render(), which writes tables.md, orderings.json and the figures.
+- ``stica_av``: STiCA Table 3's section (end-to-end, audio-visual), handed to render().
 - this file: reproduce(), which builds the plan, runs it and renders.
 """
 
@@ -42,6 +43,7 @@ from vcache.tables.papers import (
 )
 from vcache.tables.plan import PROBE_CMD, PROBES_MAIN, Builder, Source, build
 from vcache.tables.runner import Plan, Step, profile, run_plan
+from vcache.tables.stica_av import t3_section
 
 __all__ = [
     "ABLATION_COLUMN",
@@ -122,7 +124,7 @@ def reproduce(
         if src is None
         else f"{fmt_} at {data} (split 1)"
     )
-    path = render(b, layout, marks, out, src_note)
+    path = render(b, layout, marks, out, src_note, extra=(t3_section,))
     if readme:
         update_readme(Path(readme), (out / "orderings.md").read_text())
     spent = sum(m["seconds"] for m in marks.values())

@@ -48,6 +48,15 @@ class Budget:
     threads: int = 2  # torch intra-op threads of every step, fixed and recorded (float rounding moves cells)
     # CVRL's colour-jitter strength, in the command line so that the step's cache key carries it
     cvrl_jitter_strength: float = 0.5
+    # STiCA Table 3 (end-to-end `pretrain stica` on an audio-visual `synth --audio` set of its own):
+    t3_train: int = 4  # videos; the pretraining and the probes' train split (QUICK: one step a run)
+    t3_test: int = 2
+    t3_frames: int = 40  # frames a video (1.6 s at 25 fps: a 24-frame clip and its 1-s audio window)
+    t3_input: int = 32  # crop side (R(2+1)D narrow: side / 16 map cells)
+    t3_epochs: int = 1
+    t3_batch: int = 4
+    t3_layout: str = "1x1"  # eval clips x crops of the stores the probes read
+    t3_lr: float = 0.05  # SGD; the paper's 0.64 x batch / 512 barely moves in a few steps (docs/tables.md)
 
 
 QUICK = Budget(
@@ -119,6 +128,12 @@ FULL = Budget(
     stica_layout="5x1",
     pretrain_seeds=(0, 1, 2),
     colours="pool",  # shape, not hue, tells the class: colour jitter leaves the class cue intact
+    t3_train=48,
+    t3_test=48,
+    t3_input=64,
+    t3_epochs=6,
+    t3_batch=6,
+    t3_layout="5x1",
 )
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -316,7 +316,7 @@ def _stica_section(layout: dict[str, Any]) -> tuple[str, list[Check]]:
         "r2plus1d_18_narrow trunk (64 px: 4 × 4 cells; sizes 7 / 6 / 4 and 4 / 3 / 2 of the paper's map "
         "become "
         "full / full − 1 / half of ours). The paper trains the trunk end to end (HMDB-51 accuracy after 100 "
-        "epochs, audio-visual); end-to-end `vcache pretrain stica` is not run here.\n"
+        "epochs, audio-visual); end-to-end `vcache pretrain stica` runs for Table 3 below.\n"
         + _table(
             ["spatial, temporal feature crops", "ours (linear)", "paper"],
             [[k, fmt(v), f"{PAPER_STICA_1B[k]:.1f}"] for k, v in st.items()],
@@ -329,8 +329,16 @@ def _stica_section(layout: dict[str, Any]) -> tuple[str, list[Check]]:
     return md, [("STiCA 1b (head-only): the paper's best view set above the full-map crop", ok)]
 
 
-def render(b: Budget, layout: dict[str, Any], marks: dict[str, dict], out: Path, src_note: str) -> Path:
-    """Write OUT/tables.md, OUT/orderings.json and the Table 8-11 figures; returns the markdown path."""
+def render(
+    b: Budget,
+    layout: dict[str, Any],
+    marks: dict[str, dict],
+    out: Path,
+    src_note: str,
+    extra: Sequence[Callable[[dict[str, Any]], tuple[str, list[Check]]]] = (),
+) -> Path:
+    """Write OUT/tables.md, OUT/orderings.json and the Table 8-11 figures; returns the markdown path.
+    `extra`: sections of modules below this one (layout -> markdown and checks), after STiCA's."""
     out.mkdir(parents=True, exist_ok=True)
     ns = max(len(b.seeds), len(b.pretrain_seeds))
     seeds_note = (
@@ -362,9 +370,10 @@ def render(b: Budget, layout: dict[str, Any], marks: dict[str, dict], out: Path,
         part, c = section(layout)
         md.append(part)
         checks += c
-    part, c = _stica_section(layout)
-    md.append(part)
-    checks += c
+    for section in (_stica_section, *extra):
+        part, c = section(layout)
+        md.append(part)
+        checks += c
     md.append(
         "\n## Which orderings reproduced in this run\n"
         "Each ordering: **held** when the 95 % bootstrap interval of the difference in top-1 (resampling "

@@ -79,3 +79,13 @@ PAPER_STICA_1B = {
     "1×6² + 2×4², 2×3 + 1×2": 60.4,
     "2×6² + 4×4², 2×3 + 1×2": 60.4,
 }
+
+# STiCA Table 3 (loss; HMDB-51 finetuning accuracy after 100 epochs): (lambda_va, lambda_vv, feature crops)
+# -> Acc. 0, 1, no -> 43.3; 1, 0, no -> 54.0; 0.5, 0.5, no -> 58.6; 0.5, 0.5, yes -> 60.3. Keyed by our row
+# labels (pipeline/tables/plan_av.py, stica_t3).
+PAPER_STICA_T3 = {
+    "λ_va 0, λ_vv 1, no feature crops (video only)": 43.3,
+    "λ_va 1, λ_vv 0, no feature crops": 54.0,
+    "λ_va 0.5, λ_vv 0.5, no feature crops": 58.6,
+    "λ_va 0.5, λ_vv 0.5, feature crops": 60.3,
+}

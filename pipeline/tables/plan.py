@@ -10,6 +10,7 @@ from typing import Any
 
 from vcache.pretrain.loop import student_path
 from vcache.tables.budgets import ABLATION_COLUMN, COLUMNS, AggCfg, Budget, Column
+from vcache.tables.plan_av import stica_t3
 from vcache.tables.runner import Plan, Step
 
 
@@ -354,6 +355,7 @@ def build(
         }
     layout["t1"] = bl.measure_t1()
     layout["stica_1b"] = bl.stica_1b(seeds)
+    layout["stica_t3"] = stica_t3(bl) if src is None else {}  # needs audio: the generated set only
     layout["pretrain"] = dict(bl.ckpts)
     return bl, layout
 

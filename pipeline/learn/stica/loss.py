@@ -30,6 +30,9 @@ def within_video_loss(
     small1: Sequence[bool],
     small2: Sequence[bool],
     temperature: float = 0.5,
+    all_z1: torch.Tensor | None = None,
+    all_z2: torch.Tensor | None = None,
+    offset: int = 0,
 ) -> tuple[torch.Tensor, int]:
     """STiCA eq. 6: the within-video (visual-visual) loss of a batch. Pure: tensors in, scalar out.
 
@@ -39,22 +42,36 @@ def within_video_loss(
     `temperature` (0.5 for the within-modal loss, Sec. 6.1), the same video's other view is the positive,
     the other videos' views are the negatives, averaged over the B videos.
 
+    Distributed: ``all_z1`` / ``all_z2`` (N, V, d) are every rank's embeddings gathered with gradient (rank
+    order) and ``offset`` is where this rank's B videos start in them: this rank's videos are the anchors,
+    every rank's the candidates, so the mean over ranks (DDP's gradient average) is one process's loss.
+
     Returns (loss, number of ordered terms). The paper sums the terms; we return their mean (the official
     code divides by its count of terms too), so that the learning rate does not depend on the view counts.
     """
     b = z1.shape[0]
-    if b < 2:
+    all_z1 = z1 if all_z1 is None else all_z1
+    all_z2 = z2 if all_z2 is None else all_z2
+    big_n = all_z1.shape[0]
+    if big_n < 2:
         raise ValueError("the within-video loss needs at least 2 videos (the others are the negatives)")
+    if all_z2.shape[0] != big_n or not 0 <= offset <= big_n - b:
+        raise ValueError(f"offset {offset} does not place {b} videos among {big_n} candidates")
     z1, z2 = F.normalize(z1, dim=-1), F.normalize(z2, dim=-1)
+    all_z1, all_z2 = F.normalize(all_z1, dim=-1), F.normalize(all_z2, dim=-1)
     mask = pair_mask(small1, small2)  # on the host: the kept pairs are known without a device sync
     if mask.shape != (z1.shape[1], z2.shape[1]):
         raise ValueError(f"small flags {tuple(mask.shape)} do not match views {z1.shape[1]}, {z2.shape[1]}")
     a_idx, b_idx = (i.to(z1.device) for i in torch.nonzero(mask, as_tuple=True))
-    # logits[p, i, j] = sim(z1[i, alpha_p], z2[j, beta_p]) / tau for every kept pair p
-    logits = torch.einsum("pid,pjd->pij", z1[:, a_idx].transpose(0, 1), z2[:, b_idx].transpose(0, 1))
-    logits = logits / temperature
-    target = torch.arange(b, device=z1.device).repeat(len(a_idx))
-    fwd = F.cross_entropy(logits.reshape(-1, b), target)  # anchors from T_1, candidates from T_2
-    bwd = F.cross_entropy(logits.transpose(1, 2).reshape(-1, b), target)  # anchors from T_2
-    n_terms = 2 * len(a_idx)
-    return (fwd + bwd) / 2, n_terms
+
+    def pairs(z: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+        return z[:, idx].transpose(0, 1)  # (P, videos, d): view idx[p] of every video
+
+    # fwd[p, i, j] = sim(z1[i, alpha_p], z2[j, beta_p]) / tau: anchors from T_1, candidates from T_2
+    fwd = torch.einsum("pid,pjd->pij", pairs(z1, a_idx), pairs(all_z2, b_idx)) / temperature
+    bwd = torch.einsum("pid,pjd->pij", pairs(z2, b_idx), pairs(all_z1, a_idx)) / temperature
+    target = (torch.arange(b, device=z1.device) + offset).repeat(len(a_idx))
+    loss = (
+        F.cross_entropy(fwd.reshape(-1, big_n), target) + F.cross_entropy(bwd.reshape(-1, big_n), target)
+    ) / 2
+    return loss, 2 * len(a_idx)

@@ -78,13 +78,19 @@ def train_step(
     views: ViewConfig,
     temperature: float,
     rng: np.random.Generator,
+    gather: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    offset: int = 0,
 ) -> tuple[torch.Tensor, int]:
     """The loss of one batch of (L_1, L_2) maps (B, T', H', W', C): draw T_1 and T_2, crop, pool, project,
-    eq. 6. Shared with `vcache.pretrain.stica`, where the maps come from the trainable trunk."""
+    eq. 6. Shared with `vcache.pretrain.stica`, where the maps come from the trainable trunk; there, under
+    torchrun, ``gather`` concatenates every rank's embeddings (with gradient) and ``offset`` is this rank's
+    first video in them (`rng` must draw the same views on every rank)."""
     thw = tuple(maps1.shape[1:4])
     v1, v2 = sample_views(views, thw, rng), sample_views(views, thw, rng)
     z1, z2 = head.views_forward(maps1, v1), head.views_forward(maps2, v2)
-    return within_video_loss(z1, z2, [v.small for v in v1], [v.small for v in v2], temperature)
+    all_z = (gather(z1), gather(z2)) if gather is not None else (None, None)
+    small1, small2 = [v.small for v in v1], [v.small for v in v2]
+    return within_video_loss(z1, z2, small1, small2, temperature, *all_z, offset=offset)
 
 
 def _provenance(attrs: dict[str, Any], path: str | Path) -> dict[str, Any]:
