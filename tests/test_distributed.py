@@ -23,8 +23,16 @@ def torchrun(mode: str, out: Path, args: dict | None = None, timeout: float = 24
     cmd = [TORCHRUN, "--standalone", "--nproc-per-node", "2", WORKER, mode, str(out), json.dumps(args or {})]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout)
+    if r.returncode != 0 and _TEARDOWN_ABORT in r.stderr:  # see _TEARDOWN_ABORT: one more try, then fail
+        r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout)
     assert r.returncode == 0, r.stderr[-4000:]
     return [json.loads((out / f"rank{i}.json").read_text()) for i in range(2)]
+
+
+# A C++ std::terminate seen once in a rank of the stica 1-vs-2 run on a fresh CI clone (SIGABRT, "terminate
+# called without an active exception"), not reproduced in 4 runs alone; cause not found (gloo or thread
+# teardown suspected). Only this signature is retried, once: wrong numbers and every other crash still fail.
+_TEARDOWN_ABORT = "terminate called without an active exception"
 
 
 def test_collectives_under_gloo(tmp_path: Path) -> None:

@@ -11,7 +11,7 @@ from typing import Any
 from vcache.pretrain.loop import student_path
 from vcache.tables.budgets import ABLATION_COLUMN, COLUMNS, AggCfg, Budget, Column
 from vcache.tables.plan_av import stica_t3
-from vcache.tables.runner import Plan, Step
+from vcache.tables.runner import Plan, Step, at
 
 
 @dataclass(frozen=True)
@@ -302,13 +302,6 @@ class Builder:
         # Samples per step: SCALE's batch is the whole train set, counted from the store at render time
         # (a real dataset's size is known only after extraction); CVRL's is its batch.
         return {"scale": (scale, n, str(store)), "e2e": (e2e, n, self.b.pre_batch)}
-
-
-def at(base: str | Path, *parts: str) -> Path | str:
-    """`base / parts` for a folder, `base/parts` for a URL prefix (pathlib would fold its `//`)."""
-    if isinstance(base, Path):
-        return base.joinpath(*parts)
-    return "/".join([str(base).rstrip("/"), *parts])
 
 
 def build(

@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from vcache.tables.runner import Step
+from vcache.tables.runner import Step, at
 
 
 def stica_t3(bl: Any) -> dict[str, list[Path]]:
@@ -60,7 +60,7 @@ def stica_t3(bl: Any) -> dict[str, list[Path]]:
                 weights = ["--checkpoint", str(ckpt)]
             stores = {}
             for subset in ("train", "test"):
-                st = bl.work / "stores" / tag / f"{subset}_eval.zarr"
+                st = at(bl.stores, tag, f"{subset}_eval.zarr")  # a folder or a URL prefix (--stores)
                 argv = ["extract", str(data / "videos"), *av, "--subset", subset, "--backbone"]
                 argv += ["r2plus1d_18_narrow", "--out", str(st), *weights, "--mode", "eval"]
                 argv += ["--layout", b.t3_layout, "--workers", "0", "-q"]

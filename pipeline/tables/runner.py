@@ -187,3 +187,10 @@ def run_plan(
         ran += 1
     echo(f"{ran} of {len(plan.steps)} steps run, {len(plan.steps) - ran} cached")
     return done
+
+
+def at(base: str | Path, *parts: str) -> Path | str:
+    """`base / parts` for a folder, `base/parts` for a URL prefix (pathlib would fold its `//`)."""
+    if isinstance(base, Path):
+        return base.joinpath(*parts)
+    return "/".join([str(base).rstrip("/"), *parts])
