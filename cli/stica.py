@@ -217,6 +217,11 @@ def pretrain_stica_cmd(
     lambda_vv: float = typer.Option(0.5, help="Weight of the within-video term with --audio (paper: 0.5)."),
     lambda_va: float = typer.Option(0.5, help="Weight of the cross-modal term with --audio (paper: 0.5)."),
     audio_base: int = typer.Option(64, help="ResNet-9 first-stage channels (paper: 64; narrower for CPU)."),
+    bn_batches: int = typer.Option(
+        16,
+        help="Batches of train-mode forward passes that recompute the trunk's batch-norm statistics for its "
+        "final weights before the last save (precise BN; 0: keep the running averages) [default: 16].",
+    ),
     require_audio: bool = typer.Option(
         False,
         "--require-audio",
@@ -282,6 +287,7 @@ def pretrain_stica_cmd(
         audio_base=audio_base,
         lambda_vv=lambda_vv,
         lambda_va=lambda_va,
+        bn_batches=bn_batches,
     )
 
     def on_step(info: dict[str, float]) -> None:
@@ -302,6 +308,7 @@ def pretrain_stica_cmd(
         f"[green]done[/] {MODE_NAME}: {res.epochs_done} epochs, {res.steps} steps -> {out} "
         f"({res.failed_videos} undecodable video draws skipped"
         + (f"; {res.no_audio_videos} videos without audio left out of L_va" if cfg.audio else "")
+        + (f"; batch-norm statistics recomputed over {res.bn_batches} batches" if res.bn_batches else "")
         + "); load it with "
         f"`vcache extract --backbone {backbone} --checkpoint {out}`"
     )

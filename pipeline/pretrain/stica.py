@@ -20,11 +20,16 @@ Deviations, all where the paper (Sec. 6.1) says what it does and we do less:
 - The optimiser is the paper's SGD (momentum 0.9, weight decay 1e-5) with its learning rate 0.64 at batch
   512 scaled linearly to our batch, linear warm-up over the first epochs (10 in the paper), then constant
   (the paper gives no decay schedule).
+
+Added (our choice, issue 17): before the last save the trunk's batch-norm statistics are recomputed for
+its final weights over `bn_batches` batches of training crops (precise BN, `vcache.learn.precise_bn`);
+the running averages of a short run at a high learning rate made eval-mode features overflow.
 """
 
 from __future__ import annotations
 
 import hashlib
+import itertools
 import os
 import time
 from collections.abc import Callable
@@ -37,6 +42,7 @@ import torch
 
 from vcache.data.crops import CropSettings
 from vcache.extract.workers import DecodePool
+from vcache.learn.precise_bn import recompute_bn_stats
 from vcache.learn.stica import HeadConfig, TemporalHead, ViewConfig, train_step
 from vcache.models import Preprocessing, build_backbone, save_checkpoint
 from vcache.pretrain.losses import stica_total
@@ -86,6 +92,9 @@ class PretrainSticaConfig:
     lambda_vv: float = 0.5  # eq. 7 weights (official code: cross_modal_alpha 0.5); used with audio only
     lambda_va: float = 0.5
     cross_temperature: float = 0.1  # cross-modal temperature (appendix)
+    # issue 17: batches of train-mode forward passes that recompute the trunk's batch-norm statistics
+    # for its final weights before the last save (vcache.learn.precise_bn); 0 keeps the running averages
+    bn_batches: int = 16
 
     def base_lr(self) -> float:
         return self.lr if self.lr is not None else 0.64 * self.batch_size / 512
@@ -101,7 +110,8 @@ _AUDIO_KEYS = (
     "lambda_va",
     "cross_temperature",
     "require_audio",
-)  # issue 17
+    "bn_batches",
+)  # settings added after the first state files (issue 17): a state file without them still resumes
 
 
 @dataclass
@@ -113,6 +123,7 @@ class PretrainResult:
     failed_videos: int = 0
     seconds: float = 0.0
     no_audio_videos: int = 0  # with audio: videos without an audio stream, left out of L_va
+    bn_batches: int = 0  # batches that recomputed the trunk's batch-norm statistics at the end (0: none)
 
 
 def _state_path(out: Path) -> Path:
@@ -237,6 +248,27 @@ def pretrain_stica(
     stats = {"failed": 0}
     steps, step_global = 0, start_epoch * steps_per_epoch
     gather = all_gather_grad if ctx.distributed else None
+    bn_used = 0
+
+    def inputs(results: list[Any]) -> torch.Tensor:
+        """The decoded pairs as the trunk's input: rows 2i, 2i+1 are L_1, L_2 of video i."""
+        x = torch.from_numpy(np.stack([r.crops for r in results])).to(dev)  # (b, 2, T, S, S, 3)
+        x = x.flatten(0, 1).permute(0, 4, 1, 2, 3).to(dtype)
+        return (x - mean) / std
+
+    def recalibrate(epoch: int) -> int:
+        """Precise BN before the last save: the trunk's statistics for its final weights, averaged over
+        `cfg.bn_batches` batches of the training videos (the same crop sampling as training, a new draw;
+        every rank takes the same number of batches, so synchronised batch norm stays in step)."""
+        if cfg.bn_batches <= 0:
+            return 0
+        order = np.random.default_rng([cfg.seed, epoch, 1]).permutation(n)
+        settings = _epoch_settings(cfg, pre, cfg.epochs + epoch)  # crops no training epoch used
+        spare = {"failed": 0}  # a video that fails here was counted by training already
+        batches = local_batches(manifest, settings, order, cfg.batch_size, ctx.rank, ctx.world, pool, spare)
+        return recompute_bn_stats(
+            model, itertools.islice(batches, cfg.bn_batches), lambda b: model(inputs(b[1]))
+        )
 
     def save(epochs_done: int) -> None:
         no_audio = sorted(union_over_ranks(audio.missing)) if audio is not None else []
@@ -250,6 +282,7 @@ def pretrain_stica(
             "history": history,
             "manifest": manifest.to_dict() if hasattr(manifest, "to_dict") else None,
             "map_shape": [t, h, w, c],
+            "bn_batches": bn_used,  # batches of the precise-BN pass before this save (0: running averages)
         }
         save_checkpoint(out, model, config)
         tmp = state_file.with_name(state_file.name + f".tmp{os.getpid()}")
@@ -280,9 +313,7 @@ def pretrain_stica(
                 manifest, settings, order, cfg.batch_size, ctx.rank, ctx.world, pool, stats
             )
             for videos, results in batches:
-                x = torch.from_numpy(np.stack([r.crops for r in results])).to(dev)  # (b, 2, T, S, S, 3)
-                x = x.flatten(0, 1).permute(0, 4, 1, 2, 3).to(dtype)  # rows 2i, 2i+1: L_1, L_2 of video i
-                x = (x - mean) / std
+                x = inputs(results)
                 lr = cfg.base_lr() * min(1.0, (step_global + 1) / warmup_steps)
                 for g in opt.param_groups:
                     g["lr"] = lr
@@ -308,6 +339,9 @@ def pretrain_stica(
                     progress(info if va is None else info | {"loss_va": va})
                 if max_steps is not None and steps >= max_steps:
                     break
+            last = epoch + 1 == cfg.epochs or (max_steps is not None and steps >= max_steps)
+            if last:
+                bn_used = recalibrate(epoch)
             if max_steps is not None and steps >= max_steps:
                 history.append({"epoch": epoch + 1, "loss": total / max(count, 1), "partial": True})
                 save(epoch)
@@ -323,4 +357,5 @@ def pretrain_stica(
         failed_videos=failed,
         seconds=time.perf_counter() - t_start,
         no_audio_videos=0 if audio is None else len(union_over_ranks(audio.missing)),
+        bn_batches=bn_used,
     )

@@ -134,10 +134,11 @@ class DistBatchNorm(nn.modules.batchnorm._BatchNorm):
         mean = stats[:c] / n
         var = all_reduce_grad(((x - mean.view([1, c] + [1] * (x.dim() - 2))) ** 2).sum(dims)) / n
         with torch.no_grad():
-            m = self.momentum if self.momentum is not None else 0.1
+            self.num_batches_tracked.add_(1)
+            # momentum None: a cumulative average, as torch's BatchNorm (vcache.learn.precise_bn uses it)
+            m = self.momentum if self.momentum is not None else 1.0 / float(self.num_batches_tracked)
             self.running_mean.mul_(1 - m).add_(mean.detach(), alpha=m)
             self.running_var.mul_(1 - m).add_(var.detach() * n / (n - 1).clamp_min(1), alpha=m)
-            self.num_batches_tracked.add_(1)
         shape = [1, c] + [1] * (x.dim() - 2)
         y = (x - mean.view(shape)) * torch.rsqrt(var.view(shape) + self.eps)
         if self.affine:
