@@ -68,9 +68,9 @@ def test_pretrain_stica_ends_with_statistics_that_fit_its_weights(tiny_dataset, 
     x = torch.from_numpy(np.random.default_rng(0).normal(0, 1, (6, 3, 24, 32, 32)).astype(np.float32))
     ratios = {}
     for bn in (0, 3):
-        cfg = PretrainSticaConfig(backbone="r2plus1d_18_narrow", clip_frames=24, frame_stride=1, input_size=32,
-                                  views=views, width=32, epochs=2, batch_size=2, lr=0.2, warmup_epochs=0,
-                                  workers=0, bn_batches=bn)  # fmt: skip
+        cfg = PretrainSticaConfig(backbone="r2plus1d_18_narrow", clip_frames=24, frame_stride=1,
+                                  input_size=32, views=views, width=32, epochs=2, batch_size=2, lr=0.2,
+                                  warmup_epochs=0, workers=0, bn_batches=bn)  # fmt: skip
         out = tmp_path / f"bn{bn}.pt"
         res = pretrain_stica(manifest, out, cfg, device="cpu")
         assert res.bn_batches == bn
