@@ -18,15 +18,26 @@ TORCHRUN = str(Path(sys.executable).parent / "torchrun")
 WORKER = str(Path(__file__).with_name("dist_worker.py"))
 
 
-def torchrun(mode: str, out: Path, args: dict | None = None, timeout: float = 240) -> list[dict]:
-    """Run tests/dist_worker.py MODE in 2 gloo processes; return each rank's result."""
-    cmd = [TORCHRUN, "--standalone", "--nproc-per-node", "2", WORKER, mode, str(out), json.dumps(args or {})]
+def torchrun(
+    mode: str, out: Path, args: dict | None = None, timeout: float = 240, nproc: int = 2
+) -> list[dict]:
+    """Run tests/dist_worker.py MODE in `nproc` gloo processes; return each rank's result."""
+    cmd = [
+        TORCHRUN,
+        "--standalone",
+        "--nproc-per-node",
+        str(nproc),
+        WORKER,
+        mode,
+        str(out),
+        json.dumps(args or {}),
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout)
     if r.returncode != 0 and _TEARDOWN_ABORT in r.stderr:  # see _TEARDOWN_ABORT: one more try, then fail
         r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout)
     assert r.returncode == 0, r.stderr[-4000:]
-    return [json.loads((out / f"rank{i}.json").read_text()) for i in range(2)]
+    return [json.loads((out / f"rank{i}.json").read_text()) for i in range(nproc)]
 
 
 # A C++ std::terminate seen once in a rank of the stica 1-vs-2 run on a fresh CI clone (SIGABRT, "terminate
