@@ -8,6 +8,7 @@ libraries
 from __future__ import annotations
 
 from vcache.cli import (  # noqa: F401  (each adds its commands)
+    backbones,
     extract,
     pretrain,
     probe,

@@ -1,4 +1,4 @@
-"""`vcache extract`, `vcache backbones` (the store commands are in vcache.cli.store)."""
+"""`vcache extract` (`vcache backbones`: vcache.cli.backbones; the store commands: vcache.cli.store)."""
 
 from __future__ import annotations
 
@@ -9,45 +9,9 @@ from pathlib import Path
 
 import typer
 
+from vcache.cli import options
 from vcache.cli.common import console, fail, print_warnings
 from vcache.cli.tree import app
-
-
-def _parse_part(part: str | None) -> tuple[int, int] | None:
-    if part is None:
-        return None
-    try:
-        i, n = (int(v) for v in part.split("/"))
-    except ValueError:
-        raise typer.BadParameter(f"--part {part!r}: expected I/N such as 0/4") from None
-    if not 0 <= i < n:
-        raise typer.BadParameter(f"--part {part!r}: need 0 <= I < N")
-    return i, n
-
-
-def _parse_workers(workers: str) -> int:
-    """``auto``: the cores this process may use, less one for the forward pass, split among the ranks that
-    torchrun starts on this host (``LOCAL_WORLD_SIZE``), at least 1; else a count >= 0."""
-    if workers == "auto":
-        from vcache.extract.options import local_ranks, usable_cores
-
-        return max(1, (usable_cores() - 1) // local_ranks())
-    try:
-        n = int(workers)
-    except ValueError:
-        raise typer.BadParameter(f"--workers {workers!r}: auto or a number >= 0") from None
-    if n < 0:
-        raise typer.BadParameter(f"--workers {workers!r}: auto or a number >= 0")
-    return n
-
-
-def _parse_threads(threads: str) -> int | None:
-    """``auto``: None, the engine's rule (vcache.extract.options.torch_threads); else a count >= 1."""
-    if threads == "auto":
-        return None
-    if not threads.isdigit() or int(threads) < 1:
-        raise typer.BadParameter(f"--torch-threads {threads!r}: auto or a number >= 1")
-    return int(threads)
 
 
 @app.command("extract")
@@ -168,6 +132,14 @@ def extract_cmd(
         "--force-unlock",
         help="Remove the store's run locks first (only when the run that held them is dead).",
     ),
+    audio_backbone: Path | None = typer.Option(
+        None,
+        "--audio-backbone",
+        help="The .state file of a `vcache pretrain stica --audio` run: after the video pass, write each "
+        "row's audio embedding (its ResNet-9 on the 1-s log-mel window starting at the row's first frame) "
+        "to crops/audio beside the video feature; `vcache probe --features audio|both` reads it. One "
+        "process only (after a torchrun job, rerun the command without torchrun) [default: none].",
+    ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
     """Decode each video once, cut many crops, run a frozen backbone, write one row per crop.
@@ -209,6 +181,16 @@ def extract_cmd(
         raise typer.BadParameter(f"--pool {pool!r}: choose avg, max, cls or pooler")
     if not videos.is_dir():
         fail(f"video folder not found: {videos}")
+    if audio_backbone is not None:
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            fail("--audio-backbone runs in one process: extract under torchrun without it, then rerun the "
+                 "same command with it in one process (the video pass is then done)", code=2)  # fmt: skip
+        from vcache.extract.audio import load_audio_encoder
+
+        try:
+            load_audio_encoder(audio_backbone)
+        except ValueError as e:
+            fail(str(e), code=2)
     if checkpoint is not None and not checkpoint.is_file():
         fail(f"checkpoint not found: {checkpoint}")
     try:
@@ -254,13 +236,13 @@ def extract_cmd(
         class_families=families,
         init_seed=None if checkpoint else init_seed,
         batch_size=batch_size,
-        workers=_parse_workers(workers),
+        workers=options.parse_workers(workers),
         timeout_s=timeout,
         max_decode_errors=max_decode_errors,
         device=device,
         amp=amp,
         shared_memory=transport == "shm",
-        torch_threads=_parse_threads(torch_threads),
+        torch_threads=options.parse_threads(torch_threads),
         overlap={"auto": None, "on": True, "off": False}[overlap],
         channels_last=channels_last,
         compile=compile_,
@@ -271,7 +253,7 @@ def extract_cmd(
         retry_failed=retry_failed,
         repair=repair,
         max_failed_fraction=max_failed_fraction,
-        part=_parse_part(part),
+        part=options.parse_part(part),
     )
     from vcache.cli.common import ExtractProgress
 
@@ -301,7 +283,28 @@ def extract_cmd(
         _print_report(report, quiet)
         if checkpoint is None and model.checkpoint is None and ":" not in spec:
             console.print(f"weights: random init (seed {init_seed})")
-    raise typer.Exit(max(r.exit_code for r in reports))  # 143 / 130 (stopped) > 4 > 3 > 0
+    code = max(r.exit_code for r in reports)  # 143 / 130 (stopped) > 4 > 3 > 0
+    if audio_backbone is not None and code not in (130, 143):
+        _audio_pass([o[0] for o in outputs], audio_backbone, device, quiet)
+    raise typer.Exit(code)
+
+
+def _audio_pass(stores: list, state_file: Path, device: str, quiet: bool) -> None:
+    """`--audio-backbone`: the audio embedding of every done row, written beside the video features."""
+    from rich.progress import Progress
+
+    from vcache.extract.audio import add_audio_features
+    from vcache.runtime.devices import resolve_device
+
+    dev = str(resolve_device(device))
+    for store in stores:
+        with Progress(console=console, disable=quiet, transient=True) as bar:
+            task = bar.add_task(f"audio {store}", total=None)
+            info = add_audio_features(store, state_file, dev, progress=lambda n, t=task: bar.advance(t, n))
+        console.print(
+            f"audio: crops/audio ({info['dim']}-d, ResNet-9 of {state_file}) written to {store}; "
+            f"{info['no_audio_videos']} videos without an audio stream (rows left NaN)"
+        )
 
 
 def store_name(spec: str) -> str:
@@ -387,39 +390,3 @@ def _print_report(report, quiet: bool) -> None:
             "are redone)",
             markup=False,
         )
-
-
-@app.command("backbones")
-def backbones_cmd(
-    names: list[str] | None = typer.Argument(
-        None, help="Backbones to describe, e.g. hf:FOLDER [default: every registered one]."
-    ),
-) -> None:
-    """List the registered backbones (or the ones named) with their feature dim and preprocessing."""
-    from rich.table import Table
-
-    from vcache.models import build_backbone, list_backbones
-    from vcache.models.hf import FAMILIES
-
-    t = Table(title="backbones (--backbone NAME; hf:<model id or folder>; or package.module:factory)")
-    for col in ("name", "dim", "input", "clip", "stride", "pool", "params"):
-        t.add_column(col)
-    for name in names or list_backbones():
-        try:
-            m = build_backbone(name)
-        except (ValueError, KeyError, ImportError, RuntimeError) as e:
-            fail(f"backbone {name!r}: {e}")
-        p = m.preprocessing
-        n = sum(x.numel() for x in m.parameters())
-        t.add_row(
-            name,
-            str(m.feature_dim),
-            str(p.input_size),
-            str(p.clip_frames),
-            str(p.frame_stride),
-            p.pool,
-            f"{n / 1e6:.1f} M",
-        )
-    console.print(t)
-    if not names:
-        console.print(f"hf: model types: {', '.join(sorted(FAMILIES))} (docs/models.md)")

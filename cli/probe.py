@@ -93,7 +93,7 @@ def _run(
     if aggregator is not None and not aggregator.is_file():
         fail(f"aggregator checkpoint not found: {aggregator}")
     try:
-        train, test = load_pair(train_store, test_store, settings.allow_mismatch)
+        train, test = load_pair(train_store, test_store, settings.allow_mismatch, settings.features)
         result = runner(train, test, settings, aggregator, train_store, test_store)
     except (StoreError, ValueError) as e:
         fail(str(e))
@@ -151,6 +151,11 @@ ALLOW_OVERLAP = typer.Option(False, "--allow-overlap", help=OVERLAP_HELP)
 ALLOW_MISMATCH = typer.Option(False, "--allow-mismatch", help=MISMATCH_HELP)
 CONFUSION = typer.Option(False, "--confusion", help=CONFUSION_HELP)
 DEVICE = typer.Option("auto", help=options.DEVICE_HELP)
+FEATURES = typer.Option(
+    "video",
+    help="What each row gives the probe: video (crops/features), audio (crops/audio, written by `vcache "
+    "extract --audio-backbone`; rows without audio are zeros) or both, concatenated [default: video].",
+)
 
 
 @probe_app.command("linear")
@@ -169,13 +174,14 @@ def linear_cmd(
     allow_overlap: bool = ALLOW_OVERLAP,
     allow_mismatch: bool = ALLOW_MISMATCH,
     confusion: bool = CONFUSION,
+    features: str = FEATURES,
     device: str = DEVICE,
 ) -> None:
     """Per-clip linear softmax classifier, softmax averaged over a video's clips (SCALE's Linear)."""
     _classifier(
         "linear", train_store, test_store, out, aggregator, bn, low_shot, lr, wd, epochs, seed, device,
         {"views": views, "allow_overlap": allow_overlap,
-        "allow_mismatch": allow_mismatch, "confusion": confusion},
+        "allow_mismatch": allow_mismatch, "confusion": confusion, "features": features},
     )  # fmt: skip
 
 
@@ -195,6 +201,7 @@ def mlp_cmd(
     allow_overlap: bool = ALLOW_OVERLAP,
     allow_mismatch: bool = ALLOW_MISMATCH,
     confusion: bool = CONFUSION,
+    features: str = FEATURES,
     device: str = DEVICE,
 ) -> None:
     """An MLP on each clip's feature, softmax averaged over a video's clips (SCALE's MLP baseline)."""
@@ -217,6 +224,7 @@ def mlp_cmd(
             "allow_overlap": allow_overlap,
             "allow_mismatch": allow_mismatch,
             "confusion": confusion,
+            "features": features,
         },
     )
 
@@ -243,6 +251,7 @@ def transformer_cmd(
     allow_overlap: bool = ALLOW_OVERLAP,
     allow_mismatch: bool = ALLOW_MISMATCH,
     confusion: bool = CONFUSION,
+    features: str = FEATURES,
     device: str = DEVICE,
 ) -> None:
     """The SCALE architecture over all of a video's clips, trained supervised (random init, or SCALE_ft)."""
@@ -253,6 +262,7 @@ def transformer_cmd(
         "allow_overlap": allow_overlap,
         "allow_mismatch": allow_mismatch,
         "confusion": confusion,
+        "features": features,
     }
     _classifier(
         "transformer",
@@ -292,6 +302,7 @@ def knn_cmd(
     allow_overlap: bool = ALLOW_OVERLAP,
     allow_mismatch: bool = ALLOW_MISMATCH,
     confusion: bool = CONFUSION,
+    features: str = FEATURES,
     device: str = DEVICE,
 ) -> None:
     """DINO-style weighted k-NN on video vectors (mean of clips, minus train mean, L2-normalised)."""
@@ -310,6 +321,7 @@ def knn_cmd(
             seed=seed,
             allow_overlap=allow_overlap,
             allow_mismatch=allow_mismatch,
+            features=features,
             device=device,
         )
     except ValueError as e:

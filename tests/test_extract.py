@@ -193,7 +193,7 @@ def test_random_weights_are_said_at_extraction_and_by_inspect(tiny_dataset, tmp_
 def test_workers_auto_is_one_per_core_but_one(monkeypatch):
     import typer
 
-    from vcache.cli.extract import _parse_workers
+    from vcache.cli.options import parse_workers as _parse_workers
 
     monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
     for cores, want in ((16, 15), (2, 1), (1, 1)):

@@ -14,14 +14,24 @@ from vcache.store import Cache, StoreError, check_compatible, load_cache
 
 
 def load_pair(
-    train_path: str | Path, test_path: str | Path, allow_mismatch: bool = False
+    train_path: str | Path, test_path: str | Path, allow_mismatch: bool = False, features: str = "video"
 ) -> tuple[Cache, Cache]:
     """Load a train and a test store, refusing features of different backbones, weights, preprocessing or
-    clips (vcache.store.check_compatible; `allow_mismatch` overrides all but the feature dim)."""
-    train, test = load_cache(train_path), load_cache(test_path)
+    clips (vcache.store.check_compatible; `allow_mismatch` overrides all but the feature dim). `features`:
+    video, audio (`extract --audio-backbone`) or both; audio of two different audio encoders is refused
+    unless `allow_mismatch`."""
+    train = load_cache(train_path, features=features)
+    test = load_cache(test_path, features=features)
     check_compatible(
         train.attrs, test.attrs, f"train store {train_path}", f"test store {test_path}", allow_mismatch
     )
+    if features != "video" and not allow_mismatch:
+        a, b = (c.attrs.get("audio_backbone", {}) for c in (train, test))
+        if (a.get("state_file"), a.get("dim")) != (b.get("state_file"), b.get("dim")):
+            raise StoreError(
+                f"train and test audio features come from different audio encoders ({a.get('state_file')} "
+                f"vs {b.get('state_file')}); --allow-mismatch to probe anyway"
+            )
     if train.class_names and test.class_names and train.class_names != test.class_names:
         raise StoreError("train and test stores have different class_names")
     return train, test
@@ -101,7 +111,8 @@ def train_val_split(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.
 def run_name(name: str, settings: dict[str, Any], provenance: dict[str, Any]) -> str:
     """`<probe>-s<seed>-<8 hex>`: runs that differ in any setting, store or aggregator get different result
     files in one folder; rerunning the same run rewrites its own."""
-    keep = {k: v for k, v in settings.items() if k != "device"}
+    # the default features leave the names of runs from before the option unchanged
+    keep = {k: v for k, v in settings.items() if k != "device" and (k, v) != ("features", "video")}
     key = json.dumps([keep, provenance], sort_keys=True, default=str)
     return f"{name}-s{settings.get('seed', 0)}-{hashlib.sha1(key.encode()).hexdigest()[:8]}"
 

@@ -93,8 +93,11 @@ class ProbeSettings:
     views: int | None = None
     allow_overlap: bool = False
     allow_mismatch: bool = False  # stores or aggregator of other weights / clips (never another feature dim)
+    features: str = "video"  # video, audio (crops/audio of `extract --audio-backbone`) or both, concatenated
 
     def __post_init__(self) -> None:
+        if self.features not in ("video", "audio", "both"):
+            raise ValueError(f"--features {self.features!r}: choose video, audio or both")
         if self.low_shot is not None and not 0 < self.low_shot <= 1:
             raise ValueError(f"--low-shot {self.low_shot}: a fraction in (0, 1]")
         if self.views is not None and self.views < 0:

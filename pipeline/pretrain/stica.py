@@ -21,9 +21,10 @@ Deviations, all where the paper (Sec. 6.1) says what it does and we do less:
   512 scaled linearly to our batch, linear warm-up over the first epochs (10 in the paper), then constant
   (the paper gives no decay schedule).
 
-Added (our choice, issue 17): before the last save the trunk's batch-norm statistics are recomputed for
-its final weights over `bn_batches` batches of training crops (precise BN, `vcache.learn.precise_bn`);
-the running averages of a short run at a high learning rate made eval-mode features overflow.
+Added (our choice, issue 17): before the last save the batch-norm statistics of the trunk and of the audio
+encoder are recomputed for their final weights over `bn_batches` batches of training crops (precise BN,
+`vcache.learn.precise_bn`); the running averages of a short run at a high learning rate made eval-mode
+features overflow.
 """
 
 from __future__ import annotations
@@ -257,18 +258,27 @@ def pretrain_stica(
         return (x - mean) / std
 
     def recalibrate(epoch: int) -> int:
-        """Precise BN before the last save: the trunk's statistics for its final weights, averaged over
-        `cfg.bn_batches` batches of the training videos (the same crop sampling as training, a new draw;
-        every rank takes the same number of batches, so synchronised batch norm stays in step)."""
+        """Precise BN before the last save: the statistics of the trunk (and of the audio encoder) for
+        their final weights, averaged over `cfg.bn_batches` batches of the training videos (the same crop
+        sampling as training, a new draw; every rank takes the same number of batches and runs the audio
+        encoder on each, so synchronised batch norm stays in step)."""
         if cfg.bn_batches <= 0:
             return 0
         order = np.random.default_rng([cfg.seed, epoch, 1]).permutation(n)
         settings = _epoch_settings(cfg, pre, cfg.epochs + epoch)  # crops no training epoch used
         spare = {"failed": 0}  # a video that fails here was counted by training already
         batches = local_batches(manifest, settings, order, cfg.batch_size, ctx.rank, ctx.world, pool, spare)
-        return recompute_bn_stats(
-            model, itertools.islice(batches, cfg.bn_batches), lambda b: model(inputs(b[1]))
-        )
+
+        def forward(batch: tuple[list[int], list[Any]]) -> None:
+            model(inputs(batch[1]))
+            if audio is not None:
+                spec, rows = audio.spectrograms(batch[0], batch[1], [cfg.seed, cfg.epochs + epoch])
+                (have,) = sum_over_ranks([len(rows)])
+                if have:  # every rank runs the encoder, also on no rows, as in training
+                    audio.encoder(torch.from_numpy(spec).to(dev, dtype).unsqueeze(1))
+
+        both = torch.nn.ModuleList([model] + ([audio] if audio is not None else []))
+        return recompute_bn_stats(both, itertools.islice(batches, cfg.bn_batches), forward)
 
     def save(epochs_done: int) -> None:
         no_audio = sorted(union_over_ranks(audio.missing)) if audio is not None else []

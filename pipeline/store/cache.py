@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from vcache.data.records import DONE
-from vcache.store.format import open_store
+from vcache.store.format import StoreError, open_store
 from vcache.store.location import is_remote
 
 READ_THREADS = 16  # (shard, array) objects read at once (VCACHE_READ_THREADS); each is a whole shard
@@ -71,11 +71,15 @@ def dense_k(st, rows_per_video: int | None = None) -> int:
     return int(max(1, min(MAX_DENSE_ROWS, counts.max(initial=1))))
 
 
+FEATURES = ("video", "audio", "both")
+
+
 def load_cache(
     path: str | Path,
     include_failed: bool = False,
     shards: list[int] | None = None,
     rows_per_video: int | None = None,
+    features: str = "video",
 ) -> Cache:
     """Load the features, boxes and labels of every done video (of the shards named by `shards`, when given:
     streaming stage 2 loads a group of shards at a time).
@@ -88,10 +92,41 @@ def load_cache(
     A store with a variable number of rows per video (dense) gives each video K rows spread evenly over its
     rows (`pick_rows`; K from `dense_k`), so stage 2 sees (n, K, D) as for any store: probes pool them,
     SCALE samples its sets from them with their boxes.
+
+    `features`: "video" (`crops/features`), "audio" (`crops/audio`, written by `vcache extract
+    --audio-backbone`) or "both" (the two concatenated, video first). A row without audio (a video without
+    an audio stream) reads as zeros.
     """
+    if features not in FEATURES:
+        raise ValueError(f"features {features!r}: choose video, audio or both")
     st = open_store(stage2_source(path))
+    if features != "video" and "audio" not in st.group["crops"]:
+        raise StoreError(f"{path} has no audio features: extract it with --audio-backbone")
     if st.variable:
-        return _load_variable(st, include_failed, shards, dense_k(st, rows_per_video))
+        cache = _load_variable(st, include_failed, shards, dense_k(st, rows_per_video))
+    else:
+        cache = _load_fixed(st, include_failed, shards)
+    if features == "video":
+        return cache
+    audio = _audio_rows(st, cache.index, cache.features.shape[1])
+    cache.features = audio if features == "audio" else np.concatenate([cache.features, audio], axis=2)
+    return cache
+
+
+def _audio_rows(st, index: np.ndarray, k: int) -> np.ndarray:
+    """(n, k, D_a) float32 audio features of videos `index`, rows picked as for the video features (fixed:
+    all k; dense: `pick_rows`); NaN rows (no audio stream) and videos without rows as zeros."""
+    whole = np.asarray(st.group["crops/audio"][:], dtype=np.float32)  # rows x 512 at most: small
+    starts, counts = st.row_spans()
+    out = np.zeros((len(index), k, whole.shape[1]), np.float32)
+    for j, i in enumerate(index):
+        if counts[i]:
+            rows = np.arange(k) if not st.variable else pick_rows(int(counts[i]), k)
+            out[j] = whole[starts[i] + rows]
+    return np.nan_to_num(out, nan=0.0)
+
+
+def _load_fixed(st, include_failed: bool, shards: list[int] | None) -> Cache:
     k = st.crops_per_video
     todo = list(dict.fromkeys(range(st.n_shards) if shards is None else shards))
     spans = [st.shard_videos(s) for s in todo]

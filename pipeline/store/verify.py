@@ -181,6 +181,8 @@ def verify(path: str | Path, require_complete: bool = False) -> tuple[list[str],
         want.update({"crops/start_s": (rows,), "crops/end_s": (rows,)})
     if a.get("map_shape"):
         want["crops/maps"] = (rows, *a["map_shape"])
+    if a.get("audio_backbone"):  # `extract --audio-backbone`: not in the shard digests, its shape is checked
+        want["crops/audio"] = (rows, a["audio_backbone"]["dim"])
     for name, shape in want.items():
         if name not in g:
             problems.append(f"array {name} missing")
