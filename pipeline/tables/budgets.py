@@ -57,6 +57,8 @@ class Budget:
     t3_batch: int = 4
     t3_layout: str = "1x1"  # eval clips x crops of the stores the probes read
     t3_lr: float = 0.05  # SGD; the paper's 0.64 x batch / 512 barely moves in a few steps (docs/tables.md)
+    # stage-2 seeds of the SCALE ablations (Tables 8-11, one backbone, no pretraining comparison); None: seeds
+    ablation_seeds: tuple[int, ...] | None = None
 
 
 QUICK = Budget(
@@ -127,11 +129,12 @@ FULL = Budget(
     stica_pairs=4,
     stica_layout="5x1",
     pretrain_seeds=(0, 1, 2),
+    ablation_seeds=(0, 1),  # 2 x 11 ablation aggregators instead of 3 x 11: the 2-hour budget
     colours="pool",  # shape, not hue, tells the class: colour jitter leaves the class cue intact
     t3_train=48,
     t3_test=48,
     t3_input=64,
-    t3_epochs=6,
+    t3_epochs=4,  # 32 SGD steps a run (6 epochs did not fit the 2-hour budget with 3 seeds)
     t3_batch=6,
     t3_layout="5x1",
 )

@@ -322,7 +322,7 @@ def build(
     base = bl.default_cfg()
 
     def ft(cfg: AggCfg) -> list[Path]:
-        return [bl.probe(col, "scale_ft", s, cfg, fixed=True) for s in seeds]
+        return [bl.probe(col, "scale_ft", s, cfg, fixed=True) for s in b.ablation_seeds or seeds]
 
     for name, (mcm, st) in {
         "SET only": (False, True),
