@@ -276,8 +276,8 @@ def cut(frames: np.ndarray, box: np.ndarray, flip: bool, size: int) -> np.ndarra
     fx, mx = resize_matrix(x0 * w, x1 * w, w, size)
     region = frames[:, fy : fy + my.shape[1], fx : fx + mx.shape[1]].astype(np.float32)
     t, rh, rw, c = region.shape
-    # two matrix products on views, no transposes: 0.8 ms for 8 x 64^2 -> 32^2 against 11 ms for the same
-    # products as np.einsum(optimize=True) with numpy 2.4 (identical pixels on that clip)
+    # two matrix products on views, no transposes: 1.0-2.1x faster than np.einsum(optimize=True) with numpy
+    # 2.4 (benchmarks/bench_decode_path.py; pixels within 1 of it, float32 summation order)
     out = np.matmul(my, region.reshape(t, rh, rw * c)).reshape(t * size, rw, c)  # rows
     out = np.matmul(mx, out).reshape(t, size, size, c)  # columns
     if flip:
