@@ -343,7 +343,9 @@ def render(
     ns = max(len(b.seeds), len(b.pretrain_seeds))
     seeds_note = (
         f"mean ± std over {ns} runs (pretraining seeds {list(b.pretrain_seeds)} paired with stage-2 seeds "
-        f"{list(b.seeds)}; k-NN one run per pretraining seed); torch threads {b.threads}"
+        f"{list(b.seeds)}; k-NN one run per pretraining seed"
+        + (f"; SCALE Tables 8-11: stage-2 seeds {list(b.ablation_seeds)}" if b.ablation_seeds else "")
+        + f"); torch threads {b.threads}"
         if ns > 1
         else f"one run (QUICK); torch threads {b.threads}"
     )
@@ -392,6 +394,7 @@ def render(
     path.write_text("".join(md))
     meta = {"budget": b.name, "threads": b.threads, "pretrain_seeds": list(b.pretrain_seeds)}
     meta["stage2_seeds"] = list(b.seeds)
+    meta["ablation_stage2_seeds"] = list(b.ablation_seeds or b.seeds)
     orderings = {"_run": meta, **{n: r for n, r in checks}}
     (out / "orderings.json").write_text(json.dumps(orderings, indent=1, ensure_ascii=False) + "\n")
     (out / "orderings.md").write_text(orderings_table(checks))
