@@ -73,11 +73,19 @@ def _extract(av: dict[str, Path], subset: str, out: Path, *extra: str) -> str:
     return " ".join(_ok(args).split())
 
 
-def test_rows_carry_the_audio_embedding_of_their_own_window(av, tmp_path) -> None:
-    out = tmp_path / "train.zarr"
-    text = _extract(av, "train", out, "--audio-backbone", str(av["state"]))
-    assert "1 videos without an audio stream" in text
-    st = open_store(out)
+@pytest.fixture(scope="module")
+def stores(av) -> dict[str, Path]:
+    """Train and test eval-mode stores with audio features (read only: a test that changes one copies it)."""
+    out = {"train": av["root"] / "train.zarr", "test": av["root"] / "test.zarr"}
+    for subset, path in list(out.items()):
+        text = _extract(av, subset, path, "--audio-backbone", str(av["state"]))
+        out[f"{subset}_text"] = text
+    return out
+
+
+def test_rows_carry_the_audio_embedding_of_their_own_window(av, stores) -> None:
+    assert "1 videos without an audio stream" in stores["train_text"]
+    st = open_store(stores["train"])
     audio = np.asarray(st.group["crops/audio"][:], dtype=np.float32)
     assert audio.shape == (st.group["crops/features"].shape[0], 64)  # 8 x audio base
     starts, counts = st.row_spans()
@@ -110,13 +118,11 @@ def test_rows_carry_the_audio_embedding_of_their_own_window(av, tmp_path) -> Non
         checked += 1
     assert checked == 6
     assert st.attrs["audio_backbone"]["no_audio_videos"] == 1
-    assert open_store(out).attrs["audio_backbone"]["dim"] == 64
+    assert st.attrs["audio_backbone"]["dim"] == 64
 
 
-def test_probes_read_audio_video_or_both(av, tmp_path) -> None:
-    tr, te = tmp_path / "train.zarr", tmp_path / "test.zarr"
-    _extract(av, "train", tr, "--audio-backbone", str(av["state"]))
-    _extract(av, "test", te, "--audio-backbone", str(av["state"]))
+def test_probes_read_audio_video_or_both(stores, tmp_path) -> None:
+    tr, te = stores["train"], stores["test"]
     video, audio, both = (load_cache(tr, features=f) for f in ("video", "audio", "both"))
     dv = open_store(tr).feature_dim
     assert (
@@ -131,9 +137,10 @@ def test_probes_read_audio_video_or_both(av, tmp_path) -> None:
         _ok(["probe", "linear", str(tr), str(te), "--out", str(res), "--epochs", "2", "--lr", "1e-3",
              "--wd", "0", "--features", feats, "--device", "cpu"])  # fmt: skip
         assert list(res.glob("linear-*.json"))
+    plain = tmp_path / "plain.zarr"
+    shutil.copytree(te, plain)
+    del open_store(plain, mode="r+").group["crops/audio"]
     with pytest.raises(StoreError, match="no audio features"):
-        plain = tmp_path / "plain.zarr"
-        _extract(av, "test", plain)
         load_cache(plain, features="audio")
 
 
@@ -145,9 +152,9 @@ def test_a_file_without_an_audio_encoder_is_refused_before_extracting(av, tmp_pa
     assert not (tmp_path / "x.zarr").exists()
 
 
-def test_verify_checks_the_audio_array(av, tmp_path) -> None:
+def test_verify_checks_the_audio_array(stores, tmp_path) -> None:
     out = tmp_path / "v.zarr"
-    _extract(av, "test", out, "--audio-backbone", str(av["state"]))
+    shutil.copytree(stores["test"], out)
     assert CliRunner().invoke(app, ["verify", str(out)]).exit_code == 0
     st = open_store(out, mode="r+")
     del st.group["crops/audio"]
