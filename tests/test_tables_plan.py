@@ -69,6 +69,6 @@ def test_stica_table3_rows_and_controls(tmp_path: Path) -> None:
     assert bn == [a.replace("t3_r3", "t3_r5") for a in full] + ["--lr", "0"]
     assert "pretrain/t3_r4_p1" not in steps  # random init: nothing to pretrain
     rnd = steps["extract/t3_r4_p2/test_eval"].argv
-    assert rnd[rnd.index("--init-seed") + 1] == "2" and rnd[rnd.index("--input-size") + 1] == "64"
+    assert rnd[rnd.index("--init-seed") + 1] == "2" and rnd[rnd.index("--input-size") + 1] == "32"
     assert "--checkpoint" in steps["extract/t3_r3_p2/test_eval"].argv
     assert QUICK.t3_train // QUICK.t3_batch == 1  # QUICK: one optimiser step a run

@@ -238,7 +238,7 @@ class Builder:
         result: dict[str, list[Path]] = {}
         for i, (row, opts) in enumerate(rows.items()):
             result[row] = []
-            for seed in seeds:
+            for seed in self.b.ablation_seeds or seeds:  # head-only: no pretraining comparison
                 tag = f"v{i}_s{seed}"
                 head = self.work / "stica" / f"{tag}.pt"
                 argv = ["train-aggregator", "stica", str(stores["pairs"][1]), "--out", str(head), *opts]

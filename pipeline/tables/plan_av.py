@@ -54,7 +54,14 @@ def stica_t3(bl: Any) -> dict[str, list[Path]]:
                 argv += ["--backbone", "r2plus1d_18_narrow", *clip, *sizes, "--width", str(b.stica_width)]
                 argv += ["--epochs", str(b.t3_epochs), "--batch", str(b.t3_batch), "--warmup-epochs", "1"]
                 argv += ["--lr", f"{b.t3_lr:g}", "--audio-base", "8", "--seed", str(pseed), "--workers", "0"]
-                argv += ["--device", "cpu", "-q", *opts]  # a later --lr (the control's 0) wins
+                argv += [
+                    "--bn-batches",
+                    str(b.t3_bn_batches),
+                    "--device",
+                    "cpu",
+                    "-q",
+                    *opts,
+                ]  # a later --lr wins
                 state = Path(str(ckpt) + ".state")
                 deps.append(bl.plan.add(Step(f"pretrain/{tag}", argv, [ckpt, state], [dep])))
                 weights = ["--checkpoint", str(ckpt)]
