@@ -82,7 +82,7 @@ def test_quick_tables_end_to_end(tmp_path: Path) -> None:
     assert "STiCA T3: full method above its lr-0 control" in orderings
     assert "| ordering | verdict |" in (out / "orderings.md").read_text()
     curves = json.loads((out / "pretrain_losses.json").read_text())["curves"]
-    assert {"r3d_cvrl", "r3d_cvrl_bn", "vit_svt"} <= set(curves)
+    assert {"r3d_cvrl", "r3d_cvrl_bn", "vit_svt", "stica_t3_r0", "stica_t3_r3"} <= set(curves)
     assert (out / "pretrain_losses.png").read_bytes()[:4] == b"\x89PNG"
 
     # A rerun finds every step cached and only renders again.

@@ -48,7 +48,8 @@ def write_figures(out: Path, t8: dict, t9: dict, t10: dict, t11: dict) -> list[P
 
 
 def read_losses(ckpts: dict[str, list[Path]]) -> dict[str, dict[str, list[float]]]:
-    """{column key: {checkpoint stem: per-step losses}} from the checkpoints' `pretrain.losses`."""
+    """{column key: {checkpoint stem: losses}} from the checkpoints' `pretrain.losses` (per step: CVRL,
+    SVT) or, without it, their `history` (per epoch: end-to-end STiCA)."""
     import torch
 
     out: dict[str, dict[str, list[float]]] = {}
@@ -57,6 +58,7 @@ def read_losses(ckpts: dict[str, list[Path]]) -> dict[str, dict[str, list[float]
             if Path(p).exists():
                 cfg = torch.load(p, map_location="cpu", weights_only=True).get("config") or {}
                 losses = (cfg.get("pretrain") or {}).get("losses")
+                losses = losses or [h["loss"] for h in cfg.get("history") or [] if "loss" in h]
                 if losses:
                     out.setdefault(key, {})[Path(p).stem] = [float(x) for x in losses]
     return out
@@ -80,7 +82,11 @@ def write_loss_curves(out: Path, ckpts: dict[str, list[Path]], batch: int) -> Pa
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    methods = {"cvrl": [k for k in curves if "svt" not in k], "svt": [k for k in curves if "svt" in k]}
+    methods = {
+        "cvrl": [k for k in curves if "svt" not in k and not k.startswith("stica")],
+        "svt": [k for k in curves if "svt" in k],
+        "stica": [k for k in curves if k.startswith("stica")],
+    }
     methods = {m: ks for m, ks in methods.items() if ks}
     fig, axes = plt.subplots(1, len(methods), figsize=(5.5 * len(methods), 3.4), squeeze=False)
     for ax, (method, keys) in zip(axes[0], methods.items(), strict=True):
@@ -91,7 +97,7 @@ def write_loss_curves(out: Path, ckpts: dict[str, list[Path]], batch: int) -> Pa
                         label=key if j == 0 else None)  # fmt: skip
         if method == "cvrl":
             ax.axhline(chance, color="k", ls="--", lw=1, label=f"chance ln(2·{batch}-1) = {chance:.2f}")
-        ax.set_xlabel("step")
+        ax.set_xlabel("epoch (loss averaged over its steps)" if method == "stica" else "step")
         ax.set_ylabel("loss")
         ax.set_title(f"{method.upper()} pretraining loss (every seed)", fontsize=9)
         ax.legend(fontsize=7)

@@ -64,6 +64,7 @@ def stica_t3(bl: Any) -> dict[str, list[Path]]:
                 ]  # a later --lr wins
                 state = Path(str(ckpt) + ".state")
                 deps.append(bl.plan.add(Step(f"pretrain/{tag}", argv, [ckpt, state], [dep])))
+                bl.ckpts.setdefault(f"stica_t3_r{i}", []).append(ckpt)  # loss curves (per epoch)
                 weights = ["--checkpoint", str(ckpt)]
             stores = {}
             for subset in ("train", "test"):
