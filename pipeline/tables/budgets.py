@@ -135,7 +135,7 @@ FULL = Budget(
     t3_train=48,
     t3_test=48,
     t3_input=32,  # 2 x 2 map cells: measured 2.5x cheaper a step than 64^2 (4 min a run, 15 runs)
-    t3_epochs=4,  # 32 SGD steps a run (6 epochs did not fit the 2-hour budget with 3 seeds)
+    t3_epochs=2,  # 16 SGD steps a run (6, then 4 epochs did not fit the 2-hour budget with 3 seeds)
     t3_batch=6,
     t3_layout="5x1",
 )
