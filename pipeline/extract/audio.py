@@ -65,12 +65,10 @@ def load_audio_encoder(state_file: str | Path) -> tuple[torch.nn.Module, dict[st
     return encoder.trunk, info
 
 
-def _row_starts(st, rows: slice, meta: tuple[float, int], boxes: np.ndarray) -> np.ndarray:
-    """Start time (s) of each row's first frame: `crops/start_s`, or from the box (schema 1 stores)."""
-    if st.has_times:
-        starts = np.asarray(st.group["crops/start_s"][rows], dtype=np.float64)
-        if np.isfinite(starts).all():
-            return starts
+def _row_starts(starts: np.ndarray | None, meta: tuple[float, int], boxes: np.ndarray) -> np.ndarray:
+    """Start time (s) of each row's first frame: `crops/start_s` (`starts`), or from the box (schema 1)."""
+    if starts is not None and np.isfinite(starts).all():
+        return starts
     fps, n = meta
     return boxes[:, 0].astype(np.float64) * n / fps if fps else np.zeros(len(boxes))
 
@@ -92,7 +90,7 @@ def add_audio_features(
     n_rows = g["crops/features"].shape[0]
     dtype = g["crops/features"].dtype
     feats = g["crops/features"]
-    if AUDIO_ARRAY.split("/")[1] in g["crops"]:
+    if "audio" in g["crops"]:
         del g[AUDIO_ARRAY]
     out = g["crops"].create_array(
         "audio",
@@ -118,10 +116,12 @@ def add_audio_features(
         r1 = int(max(starts[i] + counts[i] for i in done))
         block = np.full((r1 - r0, info["dim"]), np.nan, dtype=np.float32)
         boxes = g["crops/boxes"][r0:r1]
+        times_s = np.asarray(g["crops/start_s"][r0:r1], np.float64) if st.has_times else None  # one read
         specs, where = [], []
         for i in done:
             a, b = int(starts[i]), int(starts[i] + counts[i])
-            times = _row_starts(st, slice(a, b), (float(fps[i]), int(num_frames[i])), boxes[a - r0 : b - r0])
+            own = None if times_s is None else times_s[a - r0 : b - r0]
+            times = _row_starts(own, (float(fps[i]), int(num_frames[i])), boxes[a - r0 : b - r0])
             video = str(root / paths[i])
             row_specs = [clip_spectrogram(video, float(t), 1.0, cfg) for t in times]
             if row_specs and row_specs[0] is None:
