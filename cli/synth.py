@@ -25,11 +25,17 @@ def synth_cmd(
         "fixed",
         help="fixed: each digit its own colour (the measured design); pool: each video one colour from a "
         "pool shared by all classes, so only the digit's shape tells the class (for self-supervised "
-        "pretraining with colour jitter).",
+        "pretraining with colour jitter); segment: a new pool colour at every background change, so that "
+        "colour does not identify a video either (docs/synth.md).",
     ),
     seed: int = typer.Option(0, help="Seed: the same seed gives the same videos, pixel for pixel."),
     frames: int = typer.Option(64, help="Frames per video; digit A fills the first half, B the second."),
-    size: int = typer.Option(64, help="Frame side in pixels (square, even); digits are ~28/64 of it."),
+    size: int = typer.Option(64, help="Frame side in pixels (square, even); digits are --sprite of it."),
+    sprite: float = typer.Option(
+        28 / 64,
+        help="The digit sprite's side as a fraction of the frame side [28/64 = 0.4375, the measured design]; "
+        "0.75 keeps digit shape readable in 32-px crops (the reproduce-tables default, docs/synth.md).",
+    ),
     fps: int = typer.Option(25, help="Frame rate written in the files."),
     gap: int = typer.Option(
         0,
@@ -65,6 +71,7 @@ def synth_cmd(
             crf=crf,
             gap=gap,
             colours=colours,
+            sprite=sprite,
             workers=workers,
             overwrite=overwrite,
             progress=not quiet,

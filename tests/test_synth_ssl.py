@@ -115,3 +115,48 @@ def test_pooled_digits_stay_visible_in_greyscale() -> None:
         grey = video @ np.array([0.299, 0.587, 0.114])
         digit = (video.max(axis=-1) - video.min(axis=-1)) > 0.4
         assert np.abs(grey[digit] - np.median(grey)).mean() > 0.1, seed
+
+
+def test_segment_colours_change_with_the_background_and_hold_within_a_segment() -> None:
+    """`--colours segment`: a new pool colour at every background segment, so that the colour of one
+    clip does not identify its video (no instance shortcut by colour); fixed videos keep their pixels."""
+    cls = class_list("appearance")[2]
+    pool = background_pool(0, 64)
+    frames = 64
+    changes, within = 0, 0
+    for seed in range(6):
+        video = render_video(cls, np.random.default_rng(seed), frames, 64, pool, colours="segment") / 255.0
+        colours = [digit_colour(video[t : t + 1]) for t in range(frames)]
+        hues = np.array([int(np.argmax(np.asarray(COLOUR_POOL) @ (c - 0.5))) for c in colours])
+        back = video.mean(axis=(1, 2, 3))  # the texture's mean moves at segment boundaries
+        jumps = np.flatnonzero(hues[1:] != hues[:-1]) + 1
+        changes += len(jumps)
+        # every colour change sits at a frame where the background changes too
+        within += sum(abs(back[t] - back[t - 1]) < 1e-4 for t in jumps)
+    assert changes >= 6 and within == 0
+    a = render_video(cls, np.random.default_rng(5), 8, 32, background_pool(0, 32)).astype(int)
+    b = render_video(cls, np.random.default_rng(5), 8, 32, background_pool(0, 32), colours="segment")
+    differs = np.abs(a - b.astype(int)).max(axis=-1) > 0
+    assert differs.any() and (differs.sum(axis=(1, 2)) < digit_sprites(32)[0].size).all()
+
+
+def test_sprite_fraction_sets_the_digit_size(tmp_path: Path) -> None:
+    """`--sprite 0.75`: 48-px sprites in 64-px frames (the default 28/64 gives 28 px); recorded in
+    classes.json; a fraction outside (0, 1] is refused."""
+    cls = class_list("appearance")[0]
+    pool = background_pool(0, 64)
+
+    def extent(sprite: float) -> int:
+        video = render_video(cls, np.random.default_rng(1), 1, 64, pool, sprite=sprite) / 255.0
+        rows = np.flatnonzero(((video[0].max(-1) - video[0].min(-1)) > 0.4).any(axis=1))
+        return int(rows.max() - rows.min() + 1)
+
+    assert digit_sprites(64).shape[1] == 28 and digit_sprites(64, 0.75).shape[1] == 48
+    assert extent(0.75) > 1.5 * extent(28 / 64)
+    generate(tmp_path / "s", 2, 0, frames=4, size=64, task="appearance", sprite=0.75, progress=False)
+    import json
+
+    settings = json.loads((tmp_path / "s" / "classes.json").read_text())["settings"]
+    assert settings["sprite_px"] == 48 and settings["sprite_fraction"] == 0.75
+    with pytest.raises(ValueError, match="sprite"):
+        generate(tmp_path / "bad", 2, 0, frames=4, size=64, sprite=1.5, progress=False)

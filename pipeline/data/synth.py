@@ -66,7 +66,7 @@ TASKS: dict[str, tuple[str, ...]] = {
 # Colour modes. "fixed": each digit its own colour (the measured design; colour alone tells the class).
 # "pool": every video draws one colour from COLOUR_POOL, shared by all classes, so only the digit's shape
 # tells the class and colour jitter (CVRL, SVT) cannot erase the class cue (chosen here, issue 14).
-COLOUR_MODES: tuple[str, ...] = ("fixed", "pool")
+COLOUR_MODES: tuple[str, ...] = ("fixed", "pool", "segment")
 COLOUR_POOL: tuple[tuple[float, float, float], ...] = (
     # Chosen here (issue 14): saturated colours whose luma (ITU-R 601) is at least 0.17 away from the
     # mid-grey background, four dark and four light, so that the digit's shape survives the greyscale
@@ -130,8 +130,9 @@ def class_list(task: str = "order") -> list[SynthClass]:
 
 
 @lru_cache(maxsize=8)
-def digit_sprites(size: int) -> np.ndarray:
-    """Alpha masks (len(DIGITS), s, s) in [0, 1] of the first sklearn image of each digit, s ~ 28/64 * size.
+def digit_sprites(size: int, fraction: float = SPRITE_FRACTION) -> np.ndarray:
+    """Alpha masks (len(DIGITS), s, s) in [0, 1] of the first sklearn image of each digit, s ~ fraction * size
+    (default 28/64).
 
     One fixed image per digit (chosen here; the prototype used fixed sprites): the class cue is the digit's
     shape and colour, not handwriting variation.
@@ -140,7 +141,7 @@ def digit_sprites(size: int) -> np.ndarray:
     from sklearn.datasets import load_digits
 
     data = load_digits()
-    side = max(4, round(SPRITE_FRACTION * size))
+    side = max(4, round(fraction * size))
     sprites = []
     for d in DIGITS:
         image = data.images[int(np.flatnonzero(data.target == d)[0])] / 16.0
@@ -170,13 +171,15 @@ def render_video(
     pool: np.ndarray,
     gap: int = 0,
     colours: str = "fixed",
+    sprite: float = SPRITE_FRACTION,
 ) -> np.ndarray:
     """Frames (frames, size, size, 3) uint8 RGB of one video of class `cls`, drawn with `rng`.
 
     gap > 0 blanks that many frames (background only) centred on the midpoint in the appearance and order
-    families, so that no clip shorter than the gap sees both events (see docs/synth.md).
+    families, so that no clip shorter than the gap sees both events (see docs/synth.md). sprite: the digit
+    sprite's side as a fraction of the frame side.
     """
-    sprites = digit_sprites(size)
+    sprites = digit_sprites(size, sprite)
     side = sprites.shape[1]
     seg_len = max(1, frames // SEGMENTS)
     offset = int(rng.integers(seg_len))
@@ -214,14 +217,20 @@ def render_video(
     # frame = background * (1 - alpha) + colour * alpha + noise. Written for speed (whole-array ops).
     video = _noise(rng, (frames, size, size, 3)) * (NOISE_STD * 255.0)
     video += backgrounds[..., None] * 255.0
-    # "pool": one colour for the whole video, drawn last so that "fixed" videos keep their pixels.
-    pooled = COLOUR_POOL[int(rng.integers(len(COLOUR_POOL)))] if colours == "pool" else None
+    # "pool": one colour for the whole video; "segment": a new one with every background segment. Drawn
+    # last so that "fixed" videos keep their pixels.
+    pooled = None
+    if colours == "pool":
+        pooled = np.full(frames, int(rng.integers(len(COLOUR_POOL))))
+    elif colours == "segment":
+        pooled = rng.integers(len(COLOUR_POOL), size=int(segment[-1]) + 1)[segment]
     offsets = np.arange(side)
     for t in np.flatnonzero(~blank):
         # Indices modulo size: the sprite wraps around the edges (only the motion family reaches them).
         window = np.ix_((offsets + ys[t]) % size, (offsets + xs[t]) % size)
         alpha = sprites[DIGITS.index(int(digit_of_frame[t]))][..., None]
-        colour = np.asarray(pooled or COLOURS[int(digit_of_frame[t])], np.float32) * 255.0
+        rgb = COLOURS[int(digit_of_frame[t])] if pooled is None else COLOUR_POOL[int(pooled[t])]
+        colour = np.asarray(rgb, np.float32) * 255.0
         grey = backgrounds[t][window][..., None] * 255.0
         video[t][window] += alpha * (colour - grey)
     video += 0.5
@@ -239,12 +248,14 @@ def make_video(
     intra: bool,
     gap: int = 0,
     colours: str = "fixed",
+    sprite: float = SPRITE_FRACTION,
 ) -> int:
     """Render and encode video `job` = (split, index, class, relative path); return its size in bytes."""
     split, index, cls, rel = job
     rng = np.random.default_rng([seed, SPLIT_CODES[split], index])
     path = videos_dir / rel
-    video = render_video(cls, rng, frames, size, background_pool(seed, size), gap=gap, colours=colours)
+    pool = background_pool(seed, size)
+    video = render_video(cls, rng, frames, size, pool, gap=gap, colours=colours, sprite=sprite)
     write_mp4(path, video, fps, crf=crf, intra=intra)
     return path.stat().st_size
 
@@ -302,6 +313,7 @@ def generate(
     intra: bool = True,
     gap: int = 0,
     colours: str = "fixed",
+    sprite: float = SPRITE_FRACTION,
     overwrite: bool = False,
     workers: int = 1,
     progress: bool = True,
@@ -316,6 +328,9 @@ def generate(
     """
     if n_train < 0 or n_test < 0 or frames < 2 or size < 32 or fps < 1:
         raise ValueError("need n_train, n_test >= 0, frames >= 2, size >= 32, fps >= 1")
+    if not 4 / size <= sprite <= 1.0:
+        lo = 4 / size
+        raise ValueError(f"sprite {sprite:g}: the digit's side as a fraction of the frame, in [{lo:g}, 1]")
     if colours not in COLOUR_MODES:
         raise ValueError(f"colours {colours!r}: choose one of {', '.join(COLOUR_MODES)}")
     if not 0 <= gap <= frames - 2:
@@ -335,7 +350,15 @@ def generate(
     start = time.perf_counter()
     total_bytes = 0
     options = dict(
-        seed=seed, frames=frames, size=size, fps=fps, crf=crf, intra=intra, gap=gap, colours=colours
+        seed=seed,
+        frames=frames,
+        size=size,
+        fps=fps,
+        crf=crf,
+        intra=intra,
+        gap=gap,
+        colours=colours,
+        sprite=sprite,
     )
     make = partial(make_video, out / "videos", **options)
     with _progress_bar(progress, len(videos)) as advance, _mapper(workers) as mapper:
@@ -366,7 +389,8 @@ def generate(
         "speeds_px_per_frame": {k: v * size for k, v in SPEEDS.items()},
         "digits": list(DIGITS),
         "colours": {str(d): list(c) for d, c in COLOURS.items()},
-        "sprite_px": int(digit_sprites(size).shape[1]),
+        "sprite_px": int(digit_sprites(size, sprite).shape[1]),
+        "sprite_fraction": sprite,
         "background_amplitude": BACKGROUND_AMPLITUDE,
         "noise_std": NOISE_STD,
         "background_pool": POOL_SIZE,
