@@ -9,6 +9,8 @@ GPU    ?= 0
 FAISS  := $(if $(filter 1,$(GPU)),faiss-gpu==1.15.1,faiss-cpu)
 DEMO   ?= demo
 PYTEST_ARGS ?=
+# Test files run in this many processes (pytest-xdist; a file's tests stay together in one process).
+TEST_WORKERS ?= 2
 
 .PHONY: install test lint format demo bench reproduce-tables clean
 
@@ -25,7 +27,7 @@ $(VENV)/.installed: pyproject.toml Makefile | $(BIN)/python
 install: $(VENV)/.installed
 
 test: install
-	$(BIN)/python -m pytest --durations=15 $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile --durations=15 $(PYTEST_ARGS)
 
 lint: install
 	$(BIN)/ruff check pipeline cli tests benchmarks

@@ -235,7 +235,7 @@ def pretrain_stica_cmd(
     options.check_device(device)
     from vcache.data.datasets import ManifestError, load_manifest
     from vcache.learn.stica import ViewConfig
-    from vcache.pretrain.stica import MODE_NAME, PretrainSticaConfig, pretrain_stica
+    from vcache.pretrain.stica import AV_MODE_NAME, MODE_NAME, PretrainSticaConfig, pretrain_stica
     from vcache.runtime.distributed import broadcast_object, end_distributed, init_distributed
 
     try:
@@ -305,7 +305,8 @@ def pretrain_stica_cmd(
     if not ctx.is_main:
         return
     console.print(
-        f"[green]done[/] {MODE_NAME}: {res.epochs_done} epochs, {res.steps} steps -> {out} "
+        f"[green]done[/] {AV_MODE_NAME if cfg.audio else MODE_NAME}: {res.epochs_done} epochs, "
+        f"{res.steps} steps -> {out} "
         f"({res.failed_videos} undecodable video draws skipped"
         + (f"; {res.no_audio_videos} videos without audio left out of L_va" if cfg.audio else "")
         + (f"; batch-norm statistics recomputed over {res.bn_batches} batches" if res.bn_batches else "")

@@ -15,7 +15,8 @@ and laid out like UCF-101 so that the ordinary loader reads it. Three families o
   the speed tells the class. For temporal self-supervised methods (docs/synth.md, "Which methods").
 
 `colours="pool"` gives each video one colour from a shared pool instead of each digit its own colour, so
-that the class is told by shape alone and colour jitter cannot erase it (docs/synth.md).
+that the class is told by shape alone and colour jitter cannot erase it; `colours="segment"` redraws it
+with every background segment; `sprite` sets the digit's size (docs/synth.md).
 
 The design follows the prototype in DESIGN.md ("The synthetic benchmark"): grey low-contrast background
 (texture amplitude 0.10, per-frame noise 0.03), five sklearn digits upscaled to 28 px sprites in 64 x 64
@@ -33,7 +34,6 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
 import time
 from dataclasses import dataclass
 from functools import lru_cache, partial
@@ -41,7 +41,7 @@ from pathlib import Path
 
 import numpy as np
 
-from vcache.data.synth_io import _mapper, _noise, _progress_bar, write_mp4
+from vcache.data.synth_io import _mapper, _noise, _progress_bar, prepare_out, write_mp4
 
 # The measured design (DESIGN.md, "The synthetic benchmark"): five digits, each with its own fixed colour.
 DIGITS: tuple[int, ...] = (0, 1, 2, 3, 4)
@@ -66,6 +66,7 @@ TASKS: dict[str, tuple[str, ...]] = {
 # Colour modes. "fixed": each digit its own colour (the measured design; colour alone tells the class).
 # "pool": every video draws one colour from COLOUR_POOL, shared by all classes, so only the digit's shape
 # tells the class and colour jitter (CVRL, SVT) cannot erase the class cue (chosen here, issue 14).
+# "segment": a new COLOUR_POOL colour at every background segment, so colour cannot identify a video.
 COLOUR_MODES: tuple[str, ...] = ("fixed", "pool", "segment")
 COLOUR_POOL: tuple[tuple[float, float, float], ...] = (
     # Chosen here (issue 14): saturated colours whose luma (ITU-R 601) is at least 0.17 away from the
@@ -286,20 +287,6 @@ def plan(task: str, n_train: int, n_test: int) -> list[tuple[str, int, SynthClas
     return out
 
 
-def _prepare_out(out: Path, overwrite: bool) -> None:
-    """Refuse a non-empty `out` unless overwrite; with overwrite, remove only what this command writes."""
-    if out.exists() and not out.is_dir():
-        raise FileExistsError(f"{out} exists and is not a directory")
-    if out.exists() and any(out.iterdir()):
-        if not overwrite:
-            raise FileExistsError(f"{out} is not empty; pass overwrite (--overwrite) to replace its dataset")
-        for sub in ("videos", "splits"):
-            shutil.rmtree(out / sub, ignore_errors=True)
-        (out / "classes.json").unlink(missing_ok=True)
-    (out / "videos").mkdir(parents=True, exist_ok=True)
-    (out / "splits").mkdir(parents=True, exist_ok=True)
-
-
 def generate(
     out: Path,
     n_train: int,
@@ -342,7 +329,7 @@ def generate(
         )
     classes = class_list(task)
     out = Path(out)
-    _prepare_out(out, overwrite)
+    prepare_out(out, overwrite)
     videos = plan(task, n_train, n_test)
     for cls in classes:
         (out / "videos" / cls.name).mkdir(exist_ok=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -79,3 +80,17 @@ def _progress_bar(enabled: bool, total: int) -> Iterator[Callable[[], None]]:
     with Progress("{task.description}", BarColumn(), MofNCompleteColumn(), TimeRemainingColumn()) as bar:
         task_id = bar.add_task("synth videos", total=total)
         yield lambda: bar.advance(task_id)
+
+
+def prepare_out(out: Path, overwrite: bool) -> None:
+    """Refuse a non-empty `out` unless overwrite; with overwrite, remove only what this command writes."""
+    if out.exists() and not out.is_dir():
+        raise FileExistsError(f"{out} exists and is not a directory")
+    if out.exists() and any(out.iterdir()):
+        if not overwrite:
+            raise FileExistsError(f"{out} is not empty; pass overwrite (--overwrite) to replace its dataset")
+        for sub in ("videos", "splits"):
+            shutil.rmtree(out / sub, ignore_errors=True)
+        (out / "classes.json").unlink(missing_ok=True)
+    (out / "videos").mkdir(parents=True, exist_ok=True)
+    (out / "splits").mkdir(parents=True, exist_ok=True)

@@ -62,6 +62,7 @@ from vcache.runtime.distributed import (
 
 METHOD = "stica"
 MODE_NAME = "end-to-end STiCA (trunk trainable, video only)"
+AV_MODE_NAME = "end-to-end STiCA (trunk trainable, audio-visual)"
 
 
 @dataclass
@@ -286,7 +287,7 @@ def pretrain_stica(
             return
         config = {
             "method": METHOD,
-            "mode": MODE_NAME,
+            "mode": AV_MODE_NAME if cfg.audio else MODE_NAME,
             "pretrain": cfg.to_dict(),
             "epochs_done": epochs_done,
             "history": history,
