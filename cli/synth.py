@@ -28,6 +28,11 @@ def synth_cmd(
         "pretraining with colour jitter); segment: a new pool colour at every background change, so that "
         "colour does not identify a video either (docs/synth.md).",
     ),
+    glyphs: str = typer.Option(
+        "fixed",
+        help="fixed: one image per digit (the measured design); varied: each video its own handwritten "
+        "sample of each digit it shows (scikit-learn's ~180 a digit), so that shape also tells videos apart.",
+    ),
     seed: int = typer.Option(0, help="Seed: the same seed gives the same videos, pixel for pixel."),
     frames: int = typer.Option(64, help="Frames per video; digit A fills the first half, B the second."),
     size: int = typer.Option(64, help="Frame side in pixels (square, even); digits are --sprite of it."),
@@ -72,6 +77,7 @@ def synth_cmd(
             gap=gap,
             colours=colours,
             sprite=sprite,
+            glyphs=glyphs,
             workers=workers,
             overwrite=overwrite,
             progress=not quiet,

@@ -160,3 +160,34 @@ def test_sprite_fraction_sets_the_digit_size(tmp_path: Path) -> None:
     assert settings["sprite_px"] == 48 and settings["sprite_fraction"] == 0.75
     with pytest.raises(ValueError, match="sprite"):
         generate(tmp_path / "bad", 2, 0, frames=4, size=64, sprite=1.5, progress=False)
+
+
+def test_varied_glyphs_give_each_video_its_own_handwriting() -> None:
+    """`--glyphs varied`: videos of one class show different sklearn samples of their digit (shape tells
+    videos apart); with the same generator state only the digit's pixels change (drawn last)."""
+    from vcache.data.synth_sprites import glyph_sprites
+
+    cls = class_list("appearance")[3]
+    pool = background_pool(0, 64)
+    assert all(len(g) > 100 for g in glyph_sprites(64, 0.75))
+
+    def mask(seed: int, glyphs: str) -> np.ndarray:
+        """The digit's pixels (its own fixed colour), from the top-left corner of its bounding box."""
+        video = render_video(cls, np.random.default_rng(seed), 1, 64, pool, sprite=0.75, glyphs=glyphs)
+        m = (video[0].max(-1).astype(int) - video[0].min(-1)) > 100
+        ys, xs = np.nonzero(m)
+        return np.pad(m, 48)[ys.min() + 48 : ys.min() + 88, xs.min() + 48 : xs.min() + 88]
+
+    def iou(a: np.ndarray, b: np.ndarray) -> float:
+        return float((a & b).sum() / (a | b).sum())
+
+    fixed = [mask(s, "fixed") for s in range(6)]
+    varied = [mask(s, "varied") for s in range(6)]
+    assert min(iou(f, fixed[0]) for f in fixed) > 0.8  # one image a digit (measured 0.85-0.89)
+    assert max(iou(v, varied[0]) for v in varied[1:]) < 0.6  # each video its own handwriting (0.26-0.50)
+    a = render_video(cls, np.random.default_rng(2), 4, 32, background_pool(0, 32), colours="pool").astype(int)
+    b = render_video(
+        cls, np.random.default_rng(2), 4, 32, background_pool(0, 32), colours="pool", glyphs="varied"
+    )
+    differs = np.abs(a - b.astype(int)).max(axis=-1) > 0
+    assert differs.any() and (differs.sum(axis=(1, 2)) <= digit_sprites(32)[0].size).all()

@@ -42,9 +42,9 @@ from pathlib import Path
 import numpy as np
 
 from vcache.data.synth_io import _mapper, _noise, _progress_bar, prepare_out, write_mp4
+from vcache.data.synth_sprites import DIGITS, GLYPH_MODES, SPRITE_FRACTION, digit_sprites, glyph_sprites
 
-# The measured design (DESIGN.md, "The synthetic benchmark"): five digits, each with its own fixed colour.
-DIGITS: tuple[int, ...] = (0, 1, 2, 3, 4)
+# The measured design (DESIGN.md, "The synthetic benchmark"): five digits (DIGITS), each with its own colour.
 # Chosen here: saturated colours far apart in hue and far from the grey background (RGB in [0, 1]).
 COLOURS: dict[int, tuple[float, float, float]] = {
     0: (0.92, 0.12, 0.12),  # red
@@ -88,7 +88,6 @@ COLOUR_POOL: tuple[tuple[float, float, float], ...] = (
 SPEEDS: dict[str, float] = {"Slow": 1 / 64, "Fast": 3 / 64}
 BACKGROUND_AMPLITUDE = 0.10  # DESIGN.md: texture amplitude 0.10 around mid-grey
 NOISE_STD = 0.03  # DESIGN.md: per-frame noise 0.03
-SPRITE_FRACTION = 28 / 64  # DESIGN.md: 28 px sprites in 64 x 64 frames
 # Chosen here (the prototype's pitfall was a static per-video background, which instance losses use to
 # tell videos apart): backgrounds come from a small pool shared by all videos and change, together with
 # the sprite's position, at SEGMENTS randomly offset boundaries per video.
@@ -130,27 +129,6 @@ def class_list(task: str = "order") -> list[SynthClass]:
     return classes
 
 
-@lru_cache(maxsize=8)
-def digit_sprites(size: int, fraction: float = SPRITE_FRACTION) -> np.ndarray:
-    """Alpha masks (len(DIGITS), s, s) in [0, 1] of the first sklearn image of each digit, s ~ fraction * size
-    (default 28/64).
-
-    One fixed image per digit (chosen here; the prototype used fixed sprites): the class cue is the digit's
-    shape and colour, not handwriting variation.
-    """
-    from scipy.ndimage import zoom
-    from sklearn.datasets import load_digits
-
-    data = load_digits()
-    side = max(4, round(fraction * size))
-    sprites = []
-    for d in DIGITS:
-        image = data.images[int(np.flatnonzero(data.target == d)[0])] / 16.0
-        sprite = zoom(image, side / image.shape[0], order=1)[:side, :side]
-        sprites.append(np.clip(sprite, 0.0, 1.0))
-    return np.stack(sprites).astype(np.float32)
-
-
 @lru_cache(maxsize=4)
 def background_pool(seed: int, size: int, pool_size: int = POOL_SIZE) -> np.ndarray:
     """Grey smooth textures (pool_size, size, size) around 0.5 with amplitude BACKGROUND_AMPLITUDE."""
@@ -173,12 +151,13 @@ def render_video(
     gap: int = 0,
     colours: str = "fixed",
     sprite: float = SPRITE_FRACTION,
+    glyphs: str = "fixed",
 ) -> np.ndarray:
     """Frames (frames, size, size, 3) uint8 RGB of one video of class `cls`, drawn with `rng`.
 
     gap > 0 blanks that many frames (background only) centred on the midpoint in the appearance and order
     families, so that no clip shorter than the gap sees both events (see docs/synth.md). sprite: the digit
-    sprite's side as a fraction of the frame side.
+    sprite's side as a fraction of the frame side. glyphs: "varied" draws each event's handwritten sample.
     """
     sprites = digit_sprites(size, sprite)
     side = sprites.shape[1]
@@ -225,6 +204,9 @@ def render_video(
         pooled = np.full(frames, int(rng.integers(len(COLOUR_POOL))))
     elif colours == "segment":
         pooled = rng.integers(len(COLOUR_POOL), size=int(segment[-1]) + 1)[segment]
+    if glyphs == "varied":  # one handwritten sample per digit the video shows (drawn after the colours)
+        samples = glyph_sprites(size, sprite)
+        sprites = [s[int(rng.integers(len(s)))] for s in samples]
     offsets = np.arange(side)
     for t in np.flatnonzero(~blank):
         # Indices modulo size: the sprite wraps around the edges (only the motion family reaches them).
@@ -250,13 +232,14 @@ def make_video(
     gap: int = 0,
     colours: str = "fixed",
     sprite: float = SPRITE_FRACTION,
+    glyphs: str = "fixed",
 ) -> int:
     """Render and encode video `job` = (split, index, class, relative path); return its size in bytes."""
     split, index, cls, rel = job
     rng = np.random.default_rng([seed, SPLIT_CODES[split], index])
     path = videos_dir / rel
     pool = background_pool(seed, size)
-    video = render_video(cls, rng, frames, size, pool, gap=gap, colours=colours, sprite=sprite)
+    video = render_video(cls, rng, frames, size, pool, gap=gap, colours=colours, sprite=sprite, glyphs=glyphs)
     write_mp4(path, video, fps, crf=crf, intra=intra)
     return path.stat().st_size
 
@@ -301,6 +284,7 @@ def generate(
     gap: int = 0,
     colours: str = "fixed",
     sprite: float = SPRITE_FRACTION,
+    glyphs: str = "fixed",
     overwrite: bool = False,
     workers: int = 1,
     progress: bool = True,
@@ -318,6 +302,8 @@ def generate(
     if not 4 / size <= sprite <= 1.0:
         lo = 4 / size
         raise ValueError(f"sprite {sprite:g}: the digit's side as a fraction of the frame, in [{lo:g}, 1]")
+    if glyphs not in GLYPH_MODES:
+        raise ValueError(f"glyphs {glyphs!r}: choose one of {', '.join(GLYPH_MODES)}")
     if colours not in COLOUR_MODES:
         raise ValueError(f"colours {colours!r}: choose one of {', '.join(COLOUR_MODES)}")
     if not 0 <= gap <= frames - 2:
@@ -346,6 +332,7 @@ def generate(
         gap=gap,
         colours=colours,
         sprite=sprite,
+        glyphs=glyphs,
     )
     make = partial(make_video, out / "videos", **options)
     with _progress_bar(progress, len(videos)) as advance, _mapper(workers) as mapper:
@@ -378,6 +365,7 @@ def generate(
         "colours": {str(d): list(c) for d, c in COLOURS.items()},
         "sprite_px": int(digit_sprites(size, sprite).shape[1]),
         "sprite_fraction": sprite,
+        "glyphs": glyphs,
         "background_amplitude": BACKGROUND_AMPLITUDE,
         "noise_std": NOISE_STD,
         "background_pool": POOL_SIZE,
