@@ -46,9 +46,10 @@ def _run(
     import torch
 
     from vcache.data.datasets import ManifestError
+    from vcache.extract.stop import EXIT_CODES
     from vcache.pretrain import get_method
     from vcache.pretrain.data import list_videos
-    from vcache.pretrain.loop import state_path
+    from vcache.pretrain.loop import Stopped, state_path
     from vcache.runtime.distributed import broadcast_object, end_distributed, init_distributed
 
     mod = get_method(method)
@@ -78,6 +79,10 @@ def _run(
         summary = train(paths, out, cfg, ctx, resume=resume, progress=not quiet)
     except (ValueError, FloatingPointError) as e:
         fail(str(e))
+    except Stopped as e:
+        if ctx.is_main:
+            console.print(f"[bold yellow]stopped:[/] {e}", soft_wrap=True)
+        raise typer.Exit(EXIT_CODES.get(e.signal_name, 130)) from None
     finally:
         end_distributed()
     if ctx.is_main and not quiet:

@@ -20,9 +20,14 @@ class GracefulStop:
 
     Handlers are only installed from the main thread (Python's rule); elsewhere this does nothing."""
 
-    def __init__(self, announce: bool = True):
+    def __init__(
+        self,
+        announce: bool = True,
+        message: str = "stopping after the crops in hand; finished videos are written",
+    ):
         self.signal_name = ""
         self.announce = announce
+        self.message = message
         self._old: dict[int, object] = {}
 
     @property
@@ -36,8 +41,7 @@ class GracefulStop:
         self.signal_name = signal.Signals(signum).name
         if self.announce:
             print(
-                f"\n{self.signal_name}: stopping after the crops in hand; finished videos are written "
-                "(send it again to stop at once)",
+                f"\n{self.signal_name}: {self.message} (send it again to stop at once)",
                 file=sys.stderr,
                 flush=True,
             )

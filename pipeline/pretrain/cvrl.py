@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field, replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -27,10 +28,12 @@ from vcache.pretrain.loop import (
     cosine_schedule,
     finish_run,
     finite_or_raise,
+    graceful_stop,
     param_groups,
     resume_state,
     save_state,
     state_path,
+    stop_here,
 )
 from vcache.pretrain.losses import info_nce
 from vcache.runtime.distributed import DistContext, all_gather_grad, convert_batchnorm, mean_over_ranks
@@ -266,7 +269,7 @@ def train_cvrl(
     model.train()
     dtype = next(model.parameters()).dtype  # inputs follow the weights (float64 in the tests)
     bar = TrainProgress("cvrl", total, start, 2 * cfg.batch_size, progress and ctx.is_main)
-    with bar:
+    with bar, graceful_stop(ctx) as stop:
         for step, (v1, v2) in enumerate(loader, start=start):
             for g in opt.param_groups:
                 g["lr"] = float(lrs[step])
@@ -282,5 +285,6 @@ def train_cvrl(
             bar.update(losses[-1])
             if ctx.is_main and cfg.save_every and (step + 1) % cfg.save_every == 0 and step + 1 < total:
                 save_state(spath, state(step + 1))
+            stop_here(stop, ctx, spath, partial(state, step + 1), step + 1, total)
         clips_per_s = bar.clips_per_s
     return finish_run(ctx, "cvrl", out, model.backbone, cfg, losses, total, clips_per_s, state(total))

@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +14,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from vcache.runtime.distributed import DistContext, broadcast_object, check_replicas
+from vcache.extract.stop import GracefulStop
+from vcache.runtime.distributed import DistContext, broadcast_object, check_replicas, mean_over_ranks
 
 
 def cosine_schedule(
@@ -153,3 +155,37 @@ def finish_run(
             out, backbone, {"pretrain": {**summary, **extra, "config": cfg.to_dict(), "losses": losses}}
         )
     return summary
+
+
+class Stopped(Exception):
+    """A pretraining run stopped by SIGINT / SIGTERM after ``step`` of ``total`` steps, its resumable state
+    saved (rank 0) so that ``--resume`` continues from that step."""
+
+    def __init__(self, signal_name: str, step: int, total: int, state_file: Path) -> None:
+        super().__init__(
+            f"{signal_name}: stopped after step {step} of {total}; the training state is in {state_file}: "
+            "rerun the same command with --resume to continue"
+        )
+        self.signal_name, self.step, self.total = signal_name, step, total
+
+
+def graceful_stop(ctx: DistContext) -> GracefulStop:
+    """SIGINT / SIGTERM become a request that the loop honours after the step in hand (rank 0 says so)."""
+    return GracefulStop(announce=ctx.is_main, message="stopping after this step; the training state is saved")
+
+
+def stop_now(stop: GracefulStop) -> bool:
+    """True on every rank once any rank was asked to stop: all ranks leave at the same step (a collective,
+    so every rank calls it every step)."""
+    return mean_over_ranks(1.0 if stop.requested else 0.0) > 0.0
+
+
+def stop_here(
+    stop: GracefulStop, ctx: DistContext, spath: Path, state: Callable[[], dict], step: int, total: int
+) -> None:
+    """Save ``state()`` (rank 0) and raise Stopped if a stop was asked for on any rank; else return."""
+    if step >= total or not stop_now(stop):
+        return
+    if ctx.is_main:
+        save_state(spath, state())
+    raise Stopped(stop.signal_name or "SIGTERM", step, total, spath)

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -40,10 +41,12 @@ from vcache.pretrain.loop import (
     cosine_schedule,
     finish_run,
     finite_or_raise,
+    graceful_stop,
     param_groups,
     resume_state,
     save_state,
     state_path,
+    stop_here,
     student_path,
 )
 from vcache.pretrain.losses import dino_loss, ema_update, svt_pairs, update_center
@@ -302,7 +305,7 @@ def train_svt(
     n_views = n_global + n_local
     dtype = next(student.parameters()).dtype  # inputs follow the weights (float64 in the tests)
     bar = TrainProgress("svt", total, start, cfg.batch_size * n_views, progress and ctx.is_main)
-    with bar:
+    with bar, graceful_stop(ctx) as stop:
         for step, views in enumerate(loader, start=start):
             for i, g in enumerate(opt.param_groups):
                 g["lr"] = float(lrs[step])
@@ -335,6 +338,7 @@ def train_svt(
             bar.update(losses[-1])
             if ctx.is_main and cfg.save_every and (step + 1) % cfg.save_every == 0 and step + 1 < total:
                 save_state(spath, state(step + 1))
+            stop_here(stop, ctx, spath, partial(state, step + 1), step + 1, total)
         clips_per_s = bar.clips_per_s
     summary = finish_run(
         ctx, "svt", out, teacher.backbone, cfg, losses, total, clips_per_s, state(total), weights="teacher"
