@@ -13,6 +13,7 @@ from vcache.data.audio import (
     AudioConfig,
     band_centres,
     clip_audio,
+    clip_audios,
     clip_spectrogram,
     has_audio,
     log_mel,
@@ -101,12 +102,25 @@ def test_a_window_past_the_end_is_moved_back_to_end_there(av_file) -> None:
     np.testing.assert_array_equal(clip_audio(str(path), 2.7, CFG), clip_audio(str(path), 2.0, CFG))
 
 
+def test_many_windows_from_one_decode_equal_one_decode_per_window(av_file) -> None:
+    """`extract --audio-backbone` decodes a video's track once for all its rows: the windows are the same
+    as decoding up to each window's end on its own (the track's end included)."""
+    path, _ = av_file
+    starts = [1.6, 0.0, 0.52, 2.7, 1.0]
+    many = clip_audios(str(path), starts, CFG)
+    assert len(many) == len(starts)
+    for t, w in zip(starts, many, strict=True):
+        np.testing.assert_array_equal(w, clip_audio(str(path), t, CFG))
+    assert not np.array_equal(many[0], many[1])
+
+
 def test_a_video_without_audio_gives_none_and_a_silent_track_the_floor(tmp_path: Path) -> None:
     frames = np.zeros((10, 32, 32, 3), np.uint8)
     mute = tmp_path / "mute.mp4"
     write_mp4(mute, frames, FPS)
     assert not has_audio(str(mute))
     assert clip_audio(str(mute), 0.0) is None and clip_spectrogram(str(mute), 0.0, gain=1.1) is None
+    assert clip_audios(str(mute), [0.0, 0.5]) is None
     silent = tmp_path / "silent.mp4"
     write_mp4_with_audio(silent, frames, FPS, np.zeros(SAMPLE_RATE // 2, np.float32))
     assert has_audio(str(silent))

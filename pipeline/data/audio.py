@@ -172,15 +172,28 @@ def clip_audio(path: str, start_s: float, cfg: AudioConfig = AudioConfig()) -> n
     """The ``cfg.seconds`` of mono audio at ``cfg.sample_rate`` starting at ``start_s`` (the visual clip's
     first frame time): float32 (cfg.samples,). A window past the end of the track is moved back to end
     there (as the official code); a track shorter than the window is zero-padded. None without audio."""
-    decoded = _decode_mono(path, cfg.sample_rate, start_s, start_s + cfg.seconds)
+    windows = clip_audios(path, [start_s], cfg)
+    return None if windows is None else windows[0]
+
+
+def clip_audios(path: str, starts_s, cfg: AudioConfig = AudioConfig()) -> list[np.ndarray] | None:
+    """`clip_audio` for each start of one video, decoding its track once (up to the last window's end)
+    instead of once per window. None without audio."""
+    starts_s = [float(t) for t in starts_s]
+    if not starts_s:
+        return [] if has_audio(path) else None
+    decoded = _decode_mono(path, cfg.sample_rate, min(starts_s), max(starts_s) + cfg.seconds)
     if decoded is None:
         return None
     wav, t0 = decoded
     n = cfg.samples
-    lo = max(0, int(round((start_s - t0) * cfg.sample_rate)))
-    lo = max(0, min(lo, wav.size - n))
-    out = wav[lo : lo + n]
-    return np.pad(out, (0, n - out.size)).astype(np.float32)
+    out = []
+    for start_s in starts_s:
+        lo = max(0, int(round((start_s - t0) * cfg.sample_rate)))
+        lo = max(0, min(lo, wav.size - n))
+        window = wav[lo : lo + n]
+        out.append(np.pad(window, (0, n - window.size)).astype(np.float32))
+    return out
 
 
 def clip_spectrogram(

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from vcache.data.audio import AudioConfig, clip_spectrogram
+from vcache.data.audio import AudioConfig, clip_audios, log_mel
 from vcache.data.records import DONE
 from vcache.store.format import open_store
 
@@ -123,11 +123,11 @@ def add_audio_features(
             own = None if times_s is None else times_s[a - r0 : b - r0]
             times = _row_starts(own, (float(fps[i]), int(num_frames[i])), boxes[a - r0 : b - r0])
             video = str(root / paths[i])
-            row_specs = [clip_spectrogram(video, float(t), 1.0, cfg) for t in times]
-            if row_specs and row_specs[0] is None:
+            windows = clip_audios(video, times, cfg)  # the track decoded once a video
+            if windows is None:
                 mute.append(paths[i])
             else:
-                specs += row_specs
+                specs += [log_mel(w, cfg) for w in windows]
                 where += list(range(a - r0, b - r0))
             if progress is not None:
                 progress(1)
