@@ -234,7 +234,9 @@ def pretrain_stica_cmd(
     process or under `torchrun --nproc-per-node N` (the batch is split over the processes)."""
     options.check_device(device)
     from vcache.data.datasets import ManifestError, load_manifest
+    from vcache.extract.stop import EXIT_CODES
     from vcache.learn.stica import ViewConfig
+    from vcache.pretrain.loop import Stopped
     from vcache.pretrain.stica import AV_MODE_NAME, MODE_NAME, PretrainSticaConfig, pretrain_stica
     from vcache.runtime.distributed import broadcast_object, end_distributed, init_distributed
 
@@ -301,6 +303,11 @@ def pretrain_stica_cmd(
     except (ValueError, KeyError) as e:
         end_distributed()
         fail(str(e))
+    except Stopped as e:
+        end_distributed()
+        if ctx.is_main:
+            console.print(f"[bold yellow]stopped:[/] {e}", soft_wrap=True)
+        raise typer.Exit(EXIT_CODES.get(e.signal_name, 130)) from None
     end_distributed()
     if not ctx.is_main:
         return

@@ -101,3 +101,34 @@ def test_a_signal_to_one_rank_stops_every_rank_at_the_same_step(tiny_dataset: Pa
     assert "stopped after step" in " ".join(stderr.split()), stderr[-2000:]
     state = torch.load(state_path(out), weights_only=False)
     assert 1 <= state["step"] < 500 and len(state["losses"]) == state["step"]
+
+
+STICA = ["--backbone", "r2plus1d_18_narrow", "--clip-frames", "24", "--input-size", "32",
+         "--frame-stride", "1", "--spatial-medium-size", "2", "--spatial-small-size", "1",
+         "--temporal-medium-size", "2", "--temporal-small-size", "1", "--width", "32", "--batch", "3",
+         "--workers", "0", "--device", "cpu", "--bn-batches", "0"]  # fmt: skip
+
+
+def test_pretrain_stica_stops_in_an_epoch_and_resume_redoes_it(tiny_dataset: Path, tmp_path: Path) -> None:
+    """STiCA keeps a state per finished epoch: a signal in an epoch ends the run at once with that state
+    kept and a one-line message; --resume then starts the unfinished epoch again."""
+    from vcache.pretrain.stica import _state_path
+
+    out = tmp_path / "stica.pt"
+    cmd = [*VC, "pretrain", "stica", str(tiny_dataset), "--out", str(out), *STICA]
+    proc = subprocess.Popen(
+        [*cmd, "--epochs", "400"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    deadline = time.monotonic() + 120
+    while not _state_path(out).exists():  # written after each epoch
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=120)
+    said = " ".join((stdout + stderr).split())
+    assert proc.returncode == 130 and "stopped after epoch" in said and "Traceback" not in stderr, said
+    done = torch.load(_state_path(out), weights_only=False)["epochs_done"]
+    assert 1 <= done < 400
+    res = subprocess.run([*cmd, "--epochs", str(done + 1), "--resume"], capture_output=True, text=True)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert torch.load(_state_path(out), weights_only=False)["epochs_done"] == done + 1

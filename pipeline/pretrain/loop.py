@@ -161,9 +161,14 @@ class Stopped(Exception):
     """A pretraining run stopped by SIGINT / SIGTERM after ``step`` of ``total`` steps, its resumable state
     saved (rank 0) so that ``--resume`` continues from that step."""
 
-    def __init__(self, signal_name: str, step: int, total: int, state_file: Path) -> None:
+    def __init__(self, signal_name: str, step: int, total: int, state_file: Path, unit: str = "step") -> None:
+        kept = (
+            f"the training state is in {state_file}"
+            if unit == "step"
+            else (f"the state of the last finished epoch is in {state_file} (the epoch in hand starts again)")
+        )
         super().__init__(
-            f"{signal_name}: stopped after step {step} of {total}; the training state is in {state_file}: "
+            f"{signal_name}: stopped after {unit} {step} of {total}; {kept}: "
             "rerun the same command with --resume to continue"
         )
         self.signal_name, self.step, self.total = signal_name, step, total

@@ -46,6 +46,7 @@ from vcache.extract.workers import DecodePool
 from vcache.learn.precise_bn import recompute_bn_stats
 from vcache.learn.stica import HeadConfig, TemporalHead, ViewConfig, train_step
 from vcache.models import Preprocessing, build_backbone, save_checkpoint
+from vcache.pretrain.loop import Stopped, graceful_stop, stop_now
 from vcache.pretrain.losses import stica_total
 from vcache.pretrain.stica_audio import AudioSide
 from vcache.pretrain.stica_batches import local_batches
@@ -311,7 +312,7 @@ def pretrain_stica(
         )
         os.replace(tmp, state_file)
 
-    with DecodePool(cfg.workers, cfg.timeout_s) as pool:
+    with DecodePool(cfg.workers, cfg.timeout_s) as pool, graceful_stop(ctx) as stop:
         for epoch in range(start_epoch, cfg.epochs):
             for m in (model, head, audio):
                 if m is not None:
@@ -350,6 +351,8 @@ def pretrain_stica(
                     progress(info if va is None else info | {"loss_va": va})
                 if max_steps is not None and steps >= max_steps:
                     break
+                if stop_now(stop):  # the state of the last finished epoch stays; --resume redoes this one
+                    raise Stopped(stop.signal_name or "SIGTERM", epoch, cfg.epochs, state_file, unit="epoch")
             last = epoch + 1 == cfg.epochs or (max_steps is not None and steps >= max_steps)
             if last:
                 bn_used = recalibrate(epoch)
