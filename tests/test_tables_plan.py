@@ -72,3 +72,14 @@ def test_stica_table3_rows_and_controls(tmp_path: Path) -> None:
     assert rnd[rnd.index("--init-seed") + 1] == "2" and rnd[rnd.index("--input-size") + 1] == "32"
     assert "--checkpoint" in steps["extract/t3_r3_p2/test_eval"].argv
     assert QUICK.t3_train // QUICK.t3_batch == 1  # QUICK: one optimiser step a run
+
+
+def test_the_budgets_sprite_reaches_synth_and_the_default_keeps_its_cache_keys(tmp_path: Path) -> None:
+    """Budget.sprite becomes `synth --sprite`; at the measured 28/64 the synth command line is the one of the
+    committed default run (so its cached steps stay valid)."""
+    from dataclasses import replace
+
+    argv = build(FULL, tmp_path)[0].plan.steps["synth"].argv
+    assert "--sprite" not in argv
+    big = build(replace(FULL, sprite=0.75), tmp_path)[0].plan.steps["synth"].argv
+    assert big[big.index("--sprite") + 1] == "0.75"

@@ -45,6 +45,9 @@ class Budget:
     # init seed). Run r of a cell pairs pretraining seed pretrain_seeds[r % len] with stage-2 seed seeds[r].
     pretrain_seeds: tuple[int, ...] = (0,)
     colours: str = "fixed"  # `vcache synth --colours`: pool = shape tells the class (docs/synth.md)
+    # `vcache synth --sprite`: the digit's side over the frame's. 28/64 (the measured design) is what the
+    # committed default run used; 0.75 made SCALE_ft / Transformer / Linear differ (docs/tables.md)
+    sprite: float = 28 / 64
     threads: int = 2  # torch intra-op threads of every step, fixed and recorded (float rounding moves cells)
     # CVRL's colour-jitter strength, in the command line so that the step's cache key carries it
     cvrl_jitter_strength: float = 0.5

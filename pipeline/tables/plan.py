@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from vcache.data.synth_sprites import SPRITE_FRACTION
 from vcache.pretrain.loop import student_path
 from vcache.tables.budgets import ABLATION_COLUMN, COLUMNS, AggCfg, Budget, Column
 from vcache.tables.plan_av import stica_t3
@@ -53,6 +54,7 @@ class Builder:
                     "synth",
                     ["synth", str(data), "--train", str(b.train), "--test", str(b.test), "--task", b.task,
                      "--seed", "0", "--frames", str(b.frames), "--size", str(b.size), "--colours", b.colours,
+                     *([] if b.sprite == SPRITE_FRACTION else ["--sprite", f"{b.sprite:g}"]),
                      "--overwrite", "-q"],
                     [data / "classes.json"],
                 )
