@@ -7,6 +7,7 @@ from pathlib import Path
 
 import typer
 
+from vcache.cli.common import console, fail
 from vcache.cli.tree import app
 
 
@@ -47,15 +48,25 @@ def reproduce_tables_cmd(
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     from vcache.tables import reproduce
 
-    reproduce(
-        quick=quick,
-        out=out,
-        work=work,
-        data=data,
-        splits=splits,
-        fmt_=format,
-        executor=executor,
-        app=app,
-        readme=readme,
-        stores=stores,
-    )
+    try:
+        reproduce(
+            quick=quick,
+            out=out,
+            work=work,
+            data=data,
+            splits=splits,
+            fmt_=format,
+            executor=executor,
+            app=app,
+            readme=readme,
+            stores=stores,
+        )
+    except KeyboardInterrupt as e:
+        console.print(
+            f"[bold yellow]stopped:[/] {e or 'interrupted'}: rerun the same command to continue "
+            "(finished steps are cached)",
+            soft_wrap=True,
+        )
+        raise typer.Exit(130) from None
+    except RuntimeError as e:
+        fail(str(e))

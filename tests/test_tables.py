@@ -131,6 +131,25 @@ def test_inprocess_steps_need_the_cli_app(tmp_path: Path) -> None:
         run_plan(Plan(), tmp_path / "work")
 
 
+def test_a_step_stopped_by_a_signal_stops_the_run_and_is_not_cached(tmp_path: Path) -> None:
+    """A command that stopped gracefully (exit 130 / 143, e.g. `pretrain` on Ctrl-C) ends the whole run
+    with KeyboardInterrupt instead of a failure, and its step is redone by the next run."""
+    out = tmp_path / "d"
+    plan = Plan()
+    plan.add(Step("synth", _synth(out, 0), [out / "classes.json"]))
+    plan.add(Step("second", ["synth", "--help"], [tmp_path / "never"], ["synth"]))
+    calls = []
+
+    def stopping_app(argv, **kw):  # the real app for synth, a graceful stop for the second step
+        calls.append(argv[0] if argv[1:] != ["--help"] else "second")
+        return 130 if calls[-1] == "second" else app(argv, **kw)
+
+    with pytest.raises(KeyboardInterrupt, match="second was stopped"):
+        run_plan(plan, tmp_path / "work", echo=lambda _: None, app=stopping_app)
+    assert (tmp_path / "work" / ".steps" / "synth.json").exists()
+    assert not (tmp_path / "work" / ".steps" / "second.json").exists()
+
+
 def test_stores_on_object_storage(s3, tmp_path: Path) -> None:
     """`reproduce-tables --stores s3://...` in tiny form: the QUICK plan puts every store under the URL; the
     steps one k-NN cell needs (synth, two extractions, the probe) run against the local S3 server, and a
