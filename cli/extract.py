@@ -187,8 +187,8 @@ def extract_cmd(
                  "same command with it in one process (the video pass is then done)", code=2)  # fmt: skip
         from vcache.extract.audio import load_audio_encoder
 
-        try:
-            load_audio_encoder(audio_backbone)
+        try:  # loaded once, checked before any video is decoded, used for every store
+            audio_encoder = load_audio_encoder(audio_backbone)
         except ValueError as e:
             fail(str(e), code=2)
     if checkpoint is not None and not checkpoint.is_file():
@@ -285,11 +285,11 @@ def extract_cmd(
             console.print(f"weights: random init (seed {init_seed})")
     code = max(r.exit_code for r in reports)  # 143 / 130 (stopped) > 4 > 3 > 0
     if audio_backbone is not None and code not in (130, 143):
-        _audio_pass([o[0] for o in outputs], audio_backbone, device, quiet)
+        _audio_pass([o[0] for o in outputs], audio_backbone, audio_encoder, device, quiet)
     raise typer.Exit(code)
 
 
-def _audio_pass(stores: list, state_file: Path, device: str, quiet: bool) -> None:
+def _audio_pass(stores: list, state_file: Path, encoder: tuple, device: str, quiet: bool) -> None:
     """`--audio-backbone`: the audio embedding of every done row, written beside the video features."""
     from rich.progress import Progress
 
@@ -300,7 +300,9 @@ def _audio_pass(stores: list, state_file: Path, device: str, quiet: bool) -> Non
     for store in stores:
         with Progress(console=console, disable=quiet, transient=True) as bar:
             task = bar.add_task(f"audio {store}", total=None)
-            info = add_audio_features(store, state_file, dev, progress=lambda n, t=task: bar.advance(t, n))
+            info = add_audio_features(
+                store, state_file, dev, progress=lambda n, t=task: bar.advance(t, n), encoder=encoder
+            )
         console.print(
             f"audio: crops/audio ({info['dim']}-d, ResNet-9 of {state_file}) written to {store}; "
             f"{info['no_audio_videos']} videos without an audio stream (rows left NaN)"

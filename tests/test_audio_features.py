@@ -76,11 +76,22 @@ def _extract(av: dict[str, Path], subset: str, out: Path, *extra: str) -> str:
 @pytest.fixture(scope="module")
 def stores(av) -> dict[str, Path]:
     """Train and test eval-mode stores with audio features (read only: a test that changes one copies it)."""
+    import vcache.extract.audio as audio_mod
+
     out = {"train": av["root"] / "train.zarr", "test": av["root"] / "test.zarr"}
-    for subset, path in list(out.items()):
-        text = _extract(av, subset, path, "--audio-backbone", str(av["state"]))
-        out[f"{subset}_text"] = text
+    loads: list[str] = []
+    real = audio_mod.load_audio_encoder
+    with pytest.MonkeyPatch.context() as mp:  # count how often the .state file is read
+        mp.setattr(audio_mod, "load_audio_encoder", lambda f: loads.append(str(f)) or real(f))
+        for subset, path in list(out.items()):
+            text = _extract(av, subset, path, "--audio-backbone", str(av["state"]))
+            out[f"{subset}_text"] = text
+    out["state_loads"] = len(loads)
     return out
+
+
+def test_the_state_file_is_read_once_a_command(stores) -> None:
+    assert stores["state_loads"] == 2  # two extract commands (train, test), one read each
 
 
 def test_rows_carry_the_audio_embedding_of_their_own_window(av, stores) -> None:

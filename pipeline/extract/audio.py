@@ -80,10 +80,12 @@ def add_audio_features(
     device: str = "cpu",
     batch: int = 32,
     progress: Callable[[int], None] | None = None,
+    encoder: tuple[torch.nn.Module, dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """Write `crops/audio` for every done video of the store at `store_path`. Returns the attribute
-    written under ``audio_backbone`` (with ``no_audio_videos``, the videos without an audio stream)."""
-    trunk, info = load_audio_encoder(state_file)
+    written under ``audio_backbone`` (with ``no_audio_videos``, the videos without an audio stream).
+    ``encoder``: what `load_audio_encoder(state_file)` returned, when the caller already loaded it."""
+    trunk, info = encoder if encoder is not None else load_audio_encoder(state_file)
     trunk = trunk.to(device)
     st = open_store(store_path, mode="r+")
     g = st.group
