@@ -39,7 +39,7 @@ def synth_cmd(
     sprite: float = typer.Option(
         28 / 64,
         help="The digit sprite's side as a fraction of the frame side [28/64 = 0.4375, the measured design]; "
-        "0.75 keeps digit shape readable in 32-px crops (the reproduce-tables default, docs/synth.md).",
+        '0.75 keeps digit shape readable in 32-px crops (docs/synth.md, docs/tables.md "Digit size").',
     ),
     fps: int = typer.Option(25, help="Frame rate written in the files."),
     gap: int = typer.Option(
