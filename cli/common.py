@@ -26,6 +26,14 @@ def fail(message: str, code: int = 1) -> NoReturn:
     raise typer.Exit(code)
 
 
+def stopped(message: str, code: int = 130, say: bool = True) -> NoReturn:
+    """A graceful stop (SIGINT / SIGTERM): one line saying what was kept (``say``: this rank reports), then
+    exit ``code`` (130 / 143)."""
+    if say:
+        console.print(f"[bold yellow]stopped:[/] {message}", soft_wrap=True)
+    raise typer.Exit(code)
+
+
 class ExtractProgress:
     """A rich bar with videos/s, clips/s and ETA, fed by vcache.extract's progress callback."""
 

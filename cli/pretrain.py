@@ -12,7 +12,7 @@ from typing import Any
 import typer
 
 from vcache.cli import options
-from vcache.cli.common import console, fail
+from vcache.cli.common import console, fail, stopped
 from vcache.cli.tree import pretrain_app
 
 VIDEOS = typer.Argument(..., help="Root folder of the videos (labels are not used).")
@@ -46,7 +46,6 @@ def _run(
     import torch
 
     from vcache.data.datasets import ManifestError
-    from vcache.extract.stop import EXIT_CODES
     from vcache.pretrain import get_method
     from vcache.pretrain.data import list_videos
     from vcache.pretrain.loop import Stopped, state_path
@@ -80,9 +79,7 @@ def _run(
     except (ValueError, FloatingPointError) as e:
         fail(str(e))
     except Stopped as e:
-        if ctx.is_main:
-            console.print(f"[bold yellow]stopped:[/] {e}", soft_wrap=True)
-        raise typer.Exit(EXIT_CODES.get(e.signal_name, 130)) from None
+        stopped(str(e), e.exit_code, say=ctx.is_main)
     finally:
         end_distributed()
     if ctx.is_main and not quiet:

@@ -12,7 +12,7 @@ from pathlib import Path
 import typer
 
 from vcache.cli import options
-from vcache.cli.common import console, fail
+from vcache.cli.common import console, fail, stopped
 from vcache.cli.tree import app, pretrain_app, train_app
 
 SIZE_HELP = "for R(2+1)D-18's 4 x 7 x 7 map; smaller maps need smaller sizes"
@@ -234,7 +234,6 @@ def pretrain_stica_cmd(
     process or under `torchrun --nproc-per-node N` (the batch is split over the processes)."""
     options.check_device(device)
     from vcache.data.datasets import ManifestError, load_manifest
-    from vcache.extract.stop import EXIT_CODES
     from vcache.learn.stica import ViewConfig
     from vcache.pretrain.loop import Stopped
     from vcache.pretrain.stica import AV_MODE_NAME, MODE_NAME, PretrainSticaConfig, pretrain_stica
@@ -305,9 +304,7 @@ def pretrain_stica_cmd(
         fail(str(e))
     except Stopped as e:
         end_distributed()
-        if ctx.is_main:
-            console.print(f"[bold yellow]stopped:[/] {e}", soft_wrap=True)
-        raise typer.Exit(EXIT_CODES.get(e.signal_name, 130)) from None
+        stopped(str(e), e.exit_code, say=ctx.is_main)
     end_distributed()
     if not ctx.is_main:
         return

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from vcache.cli.common import console, fail
+from vcache.cli.common import fail, stopped
 from vcache.cli.tree import app
 
 
@@ -47,6 +47,7 @@ def reproduce_tables_cmd(
     # threads burnt 4x the CPU of a pretraining step and 27x the wall time of a matmul loop (docs/tables.md).
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     from vcache.tables import reproduce
+    from vcache.tables.runner import StepFailed
 
     try:
         reproduce(
@@ -62,11 +63,6 @@ def reproduce_tables_cmd(
             stores=stores,
         )
     except KeyboardInterrupt as e:
-        console.print(
-            f"[bold yellow]stopped:[/] {e or 'interrupted'}: rerun the same command to continue "
-            "(finished steps are cached)",
-            soft_wrap=True,
-        )
-        raise typer.Exit(130) from None
-    except RuntimeError as e:
+        stopped(f"{e or 'interrupted'}: rerun the same command to continue (finished steps are cached)")
+    except StepFailed as e:
         fail(str(e))

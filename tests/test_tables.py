@@ -150,6 +150,18 @@ def test_a_step_stopped_by_a_signal_stops_the_run_and_is_not_cached(tmp_path: Pa
     assert not (tmp_path / "work" / ".steps" / "second.json").exists()
 
 
+def test_a_failed_step_raises_step_failed_naming_it(tmp_path: Path) -> None:
+    """A non-zero exit other than a graceful stop is StepFailed (the CLI prints it as one error); other
+    exceptions from inside a step keep their traceback."""
+    from vcache.tables.runner import StepFailed
+
+    plan = Plan()
+    plan.add(Step("broken", ["synth", "--help"], [tmp_path / "never"]))
+    with pytest.raises(StepFailed, match="step broken failed \\(exit 1\\)"):
+        run_plan(plan, tmp_path / "work", echo=lambda _: None, app=lambda argv, **kw: 1)
+    assert not (tmp_path / "work" / ".steps" / "broken.json").exists()
+
+
 def test_stores_on_object_storage(s3, tmp_path: Path) -> None:
     """`reproduce-tables --stores s3://...` in tiny form: the QUICK plan puts every store under the URL; the
     steps one k-NN cell needs (synth, two extractions, the probe) run against the local S3 server, and a

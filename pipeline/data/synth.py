@@ -299,8 +299,8 @@ def generate(
     """
     if n_train < 0 or n_test < 0 or frames < 2 or size < 32 or fps < 1:
         raise ValueError("need n_train, n_test >= 0, frames >= 2, size >= 32, fps >= 1")
-    if not 4 / size <= sprite <= 1.0:
-        lo = 4 / size
+    lo = 4 / size  # a sprite of at least 4 px
+    if not lo <= sprite <= 1.0:
         raise ValueError(f"sprite {sprite:g}: the digit's side as a fraction of the frame, in [{lo:g}, 1]")
     if glyphs not in GLYPH_MODES:
         raise ValueError(f"glyphs {glyphs!r}: choose one of {', '.join(GLYPH_MODES)}")

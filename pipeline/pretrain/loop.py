@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from vcache.extract.stop import GracefulStop
+from vcache.extract.stop import EXIT_CODES, GracefulStop
 from vcache.runtime.distributed import DistContext, broadcast_object, check_replicas, mean_over_ranks
 
 
@@ -173,6 +173,10 @@ class Stopped(Exception):
         )
         self.signal_name, self.step, self.total = signal_name, step, total
 
+    @property
+    def exit_code(self) -> int:
+        return EXIT_CODES.get(self.signal_name, 130)
+
 
 def graceful_stop(ctx: DistContext) -> GracefulStop:
     """SIGINT / SIGTERM become a request that the loop honours after the step in hand (rank 0 says so)."""
@@ -186,11 +190,19 @@ def stop_now(stop: GracefulStop) -> bool:
 
 
 def stop_here(
-    stop: GracefulStop, ctx: DistContext, spath: Path, state: Callable[[], dict], step: int, total: int
+    stop: GracefulStop,
+    ctx: DistContext,
+    spath: Path,
+    state: Callable[[], dict] | None,
+    step: int,
+    total: int,
+    unit: str = "step",
 ) -> None:
-    """Save ``state()`` (rank 0) and raise Stopped if a stop was asked for on any rank; else return."""
+    """Raise Stopped if a stop was asked for on any rank, after rank 0 saved ``state()`` (None: the state
+    already saved at ``spath`` stays, as STiCA's per-epoch one); else return. A rank that got no signal
+    itself reports SIGTERM."""
     if step >= total or not stop_now(stop):
         return
-    if ctx.is_main:
+    if ctx.is_main and state is not None:
         save_state(spath, state())
-    raise Stopped(stop.signal_name or "SIGTERM", step, total, spath)
+    raise Stopped(stop.signal_name or "SIGTERM", step, total, spath, unit)

@@ -46,7 +46,7 @@ from vcache.extract.workers import DecodePool
 from vcache.learn.precise_bn import recompute_bn_stats
 from vcache.learn.stica import HeadConfig, TemporalHead, ViewConfig, train_step
 from vcache.models import Preprocessing, build_backbone, save_checkpoint
-from vcache.pretrain.loop import Stopped, graceful_stop, stop_now
+from vcache.pretrain.loop import graceful_stop, stop_here
 from vcache.pretrain.losses import stica_total
 from vcache.pretrain.stica_audio import AudioSide
 from vcache.pretrain.stica_batches import local_batches
@@ -351,8 +351,8 @@ def pretrain_stica(
                     progress(info if va is None else info | {"loss_va": va})
                 if max_steps is not None and steps >= max_steps:
                     break
-                if stop_now(stop):  # the state of the last finished epoch stays; --resume redoes this one
-                    raise Stopped(stop.signal_name or "SIGTERM", epoch, cfg.epochs, state_file, unit="epoch")
+                # the state of the last finished epoch stays; --resume redoes this one
+                stop_here(stop, ctx, state_file, None, epoch, cfg.epochs, unit="epoch")
             last = epoch + 1 == cfg.epochs or (max_steps is not None and steps >= max_steps)
             if last:
                 bn_used = recalibrate(epoch)

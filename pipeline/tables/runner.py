@@ -131,6 +131,10 @@ def profile(marks: dict[str, dict]) -> dict[str, dict[str, float]]:
     return out
 
 
+class StepFailed(RuntimeError):
+    """A step's command exited non-zero (not a graceful stop); the message names it and its log's tail."""
+
+
 def run_plan(
     plan: Plan,
     work: Path,
@@ -179,7 +183,7 @@ def run_plan(
                 if log.exists()
                 else ""
             )
-            raise RuntimeError(
+            raise StepFailed(
                 f"step {step.name} failed (exit {rc}): vcache {' '.join(step.argv)}\n{log}:\n{tail}"
             )
 
