@@ -39,6 +39,14 @@ def _cmd(method: str, videos: Path, out: Path, steps: int, *extra: str) -> list[
             "--workers", "0", "--save-every", "1", "--device", "cpu", "-q", *extra]  # fmt: skip
 
 
+def _wait_for(path: Path, proc: subprocess.Popen, timeout_s: float = 120) -> None:
+    """Until the running command has written `path` (it must not exit first)."""
+    deadline = time.monotonic() + timeout_s
+    while not path.exists():
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.05)
+
+
 @pytest.mark.parametrize("method,sig", [("cvrl", signal.SIGINT), ("svt", signal.SIGTERM)])
 def test_a_signal_saves_the_state_and_resume_continues(
     tiny_dataset: Path, tmp_path: Path, method: str, sig: int
@@ -52,10 +60,7 @@ def test_a_signal_saves_the_state_and_resume_continues(
         text=True,
         env=env,
     )
-    deadline = time.monotonic() + 120
-    while not state_path(out).exists():  # saved after every step: the loop (and its handler) is running
-        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
-        time.sleep(0.05)
+    _wait_for(state_path(out), proc)  # saved after every step: the loop (and its handler) is running
     proc.send_signal(sig)
     stdout, stderr = proc.communicate(timeout=120)
     said = " ".join((stdout + stderr).split())
@@ -90,10 +95,7 @@ def test_a_signal_to_one_rank_stops_every_rank_at_the_same_step(tiny_dataset: Pa
     torchrun = [str(Path(sys.executable).with_name("torchrun")), "--standalone", "--nproc-per-node", "2"]
     cmd = torchrun + ["-m", "vcache.cli"] + _cmd("cvrl", tiny_dataset, out, 500)[len(VC) :]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 120
-    while not state_path(out).exists():
-        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
-        time.sleep(0.05)
+    _wait_for(state_path(out), proc)
     pid = _rank_pid(proc.pid, 1)
     assert pid is not None
     os.kill(pid, signal.SIGTERM)
@@ -119,10 +121,7 @@ def test_pretrain_stica_stops_in_an_epoch_and_resume_redoes_it(tiny_dataset: Pat
     proc = subprocess.Popen(
         [*cmd, "--epochs", "400"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
-    deadline = time.monotonic() + 120
-    while not _state_path(out).exists():  # written after each epoch
-        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
-        time.sleep(0.05)
+    _wait_for(_state_path(out), proc)  # written after each epoch
     proc.send_signal(signal.SIGINT)
     stdout, stderr = proc.communicate(timeout=120)
     said = " ".join((stdout + stderr).split())
