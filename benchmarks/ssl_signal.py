@@ -5,7 +5,8 @@ In memory, to try many settings in minutes: every video of a `vcache synth` set 
 beside it as frames.npz), then each step cuts clips with the project's own CVRL pieces (clip_starts,
 draw_aug / apply_aug, ProjectionHead, info_nce, AdamW with a cosine schedule as the cpu preset). Evaluation:
 5 uniform clips a video at the full frame, eval-mode BN, features averaged over the clips; scikit-learn
-logistic regression on standardised features, and a DINO-style weighted k-NN (k 20, T 0.07, cosine).
+logistic regression on standardised features, and the project's weighted k-NN (`vcache.learn.knn`: k 20,
+T 0.07, cosine).
 
     python benchmarks/ssl_signal.py DATA --mode rand|cvrl|sup [--eval-data DATA2] [--steps 160] [--lr 1e-3]
 
@@ -28,6 +29,7 @@ import torch.nn.functional as F
 from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
 
+from vcache.learn.knn import knn_classify
 from vcache.models import build_backbone
 from vcache.pretrain.augment import apply_aug, cvrl_settings, draw_aug
 from vcache.pretrain.cvrl import ProjectionHead, clip_starts
@@ -59,15 +61,11 @@ def load_frames(root: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndar
 
 
 def knn_accuracy(ftr: np.ndarray, ytr: np.ndarray, fte: np.ndarray, yte: np.ndarray, k: int = 20) -> float:
-    a = ftr / np.linalg.norm(ftr, axis=1, keepdims=True)
-    b = fte / np.linalg.norm(fte, axis=1, keepdims=True)
-    sim = b @ a.T
-    nn_idx = np.argsort(-sim, 1)[:, :k]
-    rows = np.arange(len(fte))
-    votes = np.zeros((len(fte), int(ytr.max()) + 1))
-    for j in range(k):
-        np.add.at(votes, (rows, ytr[nn_idx[:, j]]), np.exp(sim[rows, nn_idx[:, j]] / 0.07))
-    return float((votes.argmax(1) == yte).mean())
+    """The project's weighted k-NN (FAISS, DINO's vote, T 0.07) on L2-normalised vectors."""
+    a = (ftr / np.linalg.norm(ftr, axis=1, keepdims=True)).astype(np.float32)
+    b = (fte / np.linalg.norm(fte, axis=1, keepdims=True)).astype(np.float32)
+    scores, _, _ = knn_classify(a, ytr, b, int(ytr.max()) + 1, k=k)
+    return float((scores.argmax(1) == yte).mean())
 
 
 def main() -> None:
