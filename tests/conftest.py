@@ -31,6 +31,21 @@ def s3():
     it for the whole session (tests of stores on object storage)."""
     moto_server = pytest.importorskip("moto.server")
     pytest.importorskip("obstore")
+    mp = pytest.MonkeyPatch()
+    # moto checks `If-None-Match: *` and then writes, with no lock between: under load two concurrent
+    # conditional PUTs could both succeed, which S3 never allows. One lock around moto's PUT makes the
+    # local server as atomic as S3 (the put-if-absent races in test_remote_races depend on it).
+    import threading
+
+    from moto.s3.responses import S3Response
+
+    put_lock, real_put = threading.Lock(), S3Response.put_object
+
+    def atomic_put(self):
+        with put_lock:
+            return real_put(self)
+
+    mp.setattr(S3Response, "put_object", atomic_put)
     server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
     host, port = server.get_host_and_port()
@@ -41,7 +56,6 @@ def s3():
         "AWS_REGION": "us-east-1",
         "AWS_DEFAULT_REGION": "us-east-1",
     }
-    mp = pytest.MonkeyPatch()
     for k, v in env.items():
         mp.setenv(k, v)
     import boto3
