@@ -10,6 +10,7 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -148,6 +149,32 @@ def test_a_step_stopped_by_a_signal_stops_the_run_and_is_not_cached(tmp_path: Pa
         run_plan(plan, tmp_path / "work", echo=lambda _: None, app=stopping_app)
     assert (tmp_path / "work" / ".steps" / "synth.json").exists()
     assert not (tmp_path / "work" / ".steps" / "second.json").exists()
+
+
+def test_ctrl_c_inside_an_inprocess_step_stops_the_run_and_is_not_cached(tmp_path: Path) -> None:
+    """A real SIGINT while an in-process step without a handler of its own runs (synth here): typer turns
+    the KeyboardInterrupt into exit 130, and the run ends as a stop naming the step (the CLI's one line and
+    exit 130), not as a failure; the step is not marked done, so the next run redoes it from nothing."""
+    import os
+    import signal
+    import threading
+
+    out = tmp_path / "d"
+    plan = Plan()
+    many = _synth(out, 0)
+    many[many.index("--train") + 1] = "400"  # a few seconds: long enough to be interrupted
+    plan.add(Step("synth", many, [out / "classes.json"]))
+    log = tmp_path / "work" / "logs" / "synth.log"
+
+    def interrupt() -> None:  # the step has started once its log exists (and its first video is written)
+        while not (log.exists() and any((out / "videos").rglob("*.mp4"))):
+            time.sleep(0.01)
+        os.kill(os.getpid(), signal.SIGINT)
+
+    threading.Thread(target=interrupt, daemon=True).start()
+    with pytest.raises(KeyboardInterrupt, match="step synth was stopped \\(exit 130\\)"):
+        run_plan(plan, tmp_path / "work", echo=lambda _: None, app=app)
+    assert not (tmp_path / "work" / ".steps" / "synth.json").exists()
 
 
 def test_a_failed_step_raises_step_failed_naming_it(tmp_path: Path) -> None:

@@ -175,7 +175,7 @@ def run_plan(
         else:
             rc = _run_inprocess(app, step.argv, log)
         secs, cpu = time.perf_counter() - t0, _cpu_seconds() - c0
-        if rc in (130, 143):  # the step stopped gracefully on SIGINT / SIGTERM: stop the whole run
+        if rc in (130, 143):  # SIGINT / SIGTERM stopped the step (typer: Ctrl-C is exit 130): stop the run
             raise KeyboardInterrupt(f"step {step.name} was stopped (exit {rc}); {len(done)} steps are cached")
         if rc != 0:
             tail = (
