@@ -120,7 +120,9 @@ def reproduce(
     bl, layout = build(b, work, src, stores)
     marks = run_plan(bl.plan, work, executor, echo, app)
     src_note = (
-        f"synthetic `{b.task}` task, {b.train} train / {b.test} test videos of {b.frames} frames at {b.size}²"
+        f"synthetic `{b.task}` task (`--colours {b.colours} --sprite {b.sprite:.3g}`: digits "
+        f"{round(b.sprite * b.size)} px), {b.train} train / {b.test} test videos of {b.frames} frames at "
+        f"{b.size}²"
         if src is None
         else f"{fmt_} at {data} (split 1)"
     )

@@ -131,7 +131,8 @@ def _main_section(b: Budget, layout: dict[str, Any]) -> tuple[str, list[Check]]:
         "Probes: `vcache probe knn|linear|mlp|transformer`; the SCALE_* rows add `--aggregator` (a SCALE "
         "aggregator trained on the train-mode cache with the default config).\n"
         + _table(head, rows)
-        + "R(2+1)D / STiCA column: not run (STiCA pretraining is not in the plan yet; see docs/tables.md).\n"
+        + "R(2+1)D / STiCA column: not run here; end-to-end STiCA pretraining runs for Table 3 below, on "
+        "its own audio-visual set (docs/tables.md).\n"
     )
     checks: list[Check] = []
     lay = layout["main"]
