@@ -120,7 +120,7 @@ def reproduce(
     bl, layout = build(b, work, src, stores)
     marks = run_plan(bl.plan, work, executor, echo, app)
     src_note = (
-        f"synthetic `{b.task}` task (`--colours {b.colours} --sprite {b.sprite:.3g}`: digits "
+        f"synthetic `{b.task}` task (`--colours {b.colours} --sprite {b.sprite:g}`: digits "
         f"{round(b.sprite * b.size)} px), {b.train} train / {b.test} test videos of {b.frames} frames at "
         f"{b.size}²"
         if src is None

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from vcache.data.synth_sprites import SPRITE_FRACTION
+
 
 @dataclass(frozen=True)
 class Budget:
@@ -45,9 +47,9 @@ class Budget:
     # init seed). Run r of a cell pairs pretraining seed pretrain_seeds[r % len] with stage-2 seed seeds[r].
     pretrain_seeds: tuple[int, ...] = (0,)
     colours: str = "fixed"  # `vcache synth --colours`: pool = shape tells the class (docs/synth.md)
-    # `vcache synth --sprite`: the digit's side over the frame's (synth's own default 28/64 is left out of the
-    # command line). The default budget uses 0.75: at 28/64 every cell sat at chance (docs/tables.md)
-    sprite: float = 28 / 64
+    # `vcache synth --sprite`: the digit's side over the frame's (synth's own default, 28/64, is left out of
+    # the command line). The default budget uses 0.75: at 28/64 every cell sat at chance (docs/tables.md)
+    sprite: float = SPRITE_FRACTION
     threads: int = 2  # torch intra-op threads of every step, fixed and recorded (float rounding moves cells)
     # CVRL's colour-jitter strength, in the command line so that the step's cache key carries it
     cvrl_jitter_strength: float = 0.5
